@@ -1,0 +1,153 @@
+"""Find, describe and run the named queries in `queries/*.sql`.
+
+A named query is one SQL file whose header comment (the `--` lines it opens
+with) says what it answers, which parameters it takes and which columns it
+returns. The first line is its one-line description; each parameter has a
+line of its own::
+
+    -- Where a training step's time goes, phase by phase, per configuration.
+    --
+    -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+
+`param: NAME = DEFAULT  (help)` declares a parameter with a default; leave out
+`= DEFAULT` for one the caller must give. Parameters are bound as DuckDB named
+parameters (`$sweep`), always as text: a query casts what it needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+_HERE = Path(__file__).resolve().parent
+# In a wheel pyproject.toml force-includes queries/ as analysis/sql; in a checkout
+# it sits at the top of the repository.
+_SQL_DIRS = (_HERE / "sql", _HERE.parent / "queries")
+
+#: The views every query reads; not a named query itself.
+VIEWS_FILE = "views.sql"
+
+_PARAM = re.compile(
+    r"^param:\s*(?P<name>\w+)\s*(?:=\s*(?P<default>\S+))?\s*(?:\((?P<help>.*)\))?\s*$"
+)
+
+Result = tuple[list[str], list[tuple]]
+
+
+class QueryError(RuntimeError):
+    """A query cannot be found, bound or run. The message is for the user as it stands;
+    for an SQL error it is DuckDB's own (which may span lines: LINE 1 and a caret)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    name: str
+    default: str | None  # None: the caller must give it
+    help: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryInfo:
+    name: str
+    description: str
+    parameters: tuple[QueryParam, ...]
+    path: Path
+
+
+def sql_dir() -> Path:
+    """The directory holding views.sql and the named queries."""
+    for directory in _SQL_DIRS:
+        if (directory / VIEWS_FILE).is_file():
+            return directory
+    raise QueryError(
+        f"no SQL directory found: looked for {VIEWS_FILE} in {', '.join(map(str, _SQL_DIRS))}"
+    )
+
+
+def views_sql() -> str:
+    return (sql_dir() / VIEWS_FILE).read_text(encoding="utf-8")
+
+
+def list_queries() -> list[QueryInfo]:
+    """Every named query, sorted by name."""
+    paths = sorted(p for p in sql_dir().glob("*.sql") if p.name != VIEWS_FILE)
+    return [_describe(p) for p in paths]
+
+
+def get_query(name: str) -> QueryInfo:
+    known = {q.name: q for q in list_queries()}
+    if name not in known:
+        raise QueryError(f"unknown query {name!r}; known queries: {', '.join(known) or '(none)'}")
+    return known[name]
+
+
+def run_query(
+    con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None
+) -> Result:
+    """Run the named query with `params` (missing ones take their defaults)."""
+    query = get_query(name)
+    return _execute(con, query.path.read_text(encoding="utf-8"), bind(query, params or {}))
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> Result:
+    """Run ad hoc SQL against the views."""
+    return _execute(con, sql, None)
+
+
+def bind(query: QueryInfo, params: dict[str, str]) -> dict[str, str]:
+    """The values to bind: `params` checked against the header, defaults filled in."""
+    declared = {p.name: p for p in query.parameters}
+    known = ", ".join(declared) or "(none)"
+    for key in params:
+        if key not in declared:
+            raise QueryError(
+                f"query {query.name}: unknown parameter {key!r}; known parameters: {known}"
+            )
+    values = {}
+    for p in query.parameters:
+        value = params.get(p.name, p.default)
+        if value is None:
+            raise QueryError(
+                f"query {query.name}: missing parameter {p.name!r}; give it with -p {p.name}=VALUE"
+            )
+        values[p.name] = str(value)
+    return values
+
+
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str] | None) -> Result:
+    try:
+        cursor = con.execute(sql, params) if params else con.execute(sql)
+        if cursor.description is None:  # a statement that returns no rows (create, set ...)
+            return [], []
+        columns = [d[0] for d in cursor.description]
+        return columns, cursor.fetchall()
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from None
+
+
+def _describe(path: Path) -> QueryInfo:
+    header = _header(path.read_text(encoding="utf-8"))
+    description = next((line for line in header if line), "")
+    parameters = []
+    for line in header:
+        match = _PARAM.match(line)
+        if match:
+            help_text = (match["help"] or "").strip()
+            parameters.append(QueryParam(match["name"], match["default"], help_text))
+    return QueryInfo(path.stem, description, tuple(parameters), path)
+
+
+def _header(text: str) -> list[str]:
+    """The text of the comment lines a file opens with, `--` stripped."""
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped and not lines:
+            continue
+        if not stripped.startswith("--"):
+            break
+        lines.append(stripped[2:].strip())
+    return lines

@@ -1,0 +1,309 @@
+"""The `stepscope` command: a thin Click layer over the library.
+
+Library code raises domain errors (SpecError, StoreError, QueryError,
+SchedulerError); they become one `Error: ...` line and exit code 2 here, once.
+Ray and torch are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from orchestrator.output import output_options, render
+from orchestrator.spec import SpecError, SweepSpec, load_spec
+from workloads.params import COMMON_PARAMS, ParamError
+from workloads.registry import BUILTINS, find_custom_module, is_custom
+from workloads.store import Store, StoreError, resolve_store
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+store_option = click.option(
+    "--store",
+    metavar="URI",
+    default=None,
+    help="Results store: a directory or a URI (default: $STEPSCOPE_STORE, else ./stepscope-results).",
+)
+
+
+class _Group(click.Group):
+    """Turns domain errors into one line and an exit code; tracebacks only with --debug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # the one boundary where errors become messages
+            from analysis.queries import QueryError
+            from orchestrator.scheduler import SchedulerError
+
+            debug = (ctx.obj or {}).get("debug")
+            if debug:
+                traceback.print_exc()
+            if isinstance(exc, (SpecError, StoreError, QueryError, SchedulerError, ParamError)):
+                # One line: DuckDB's messages carry a caret diagram below the first line.
+                first = next((ln for ln in str(exc).splitlines() if ln.strip()), str(exc))
+                click.echo(f"Error: {first}", err=True)
+                ctx.exit(EXIT_USAGE)
+            click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+            ctx.exit(EXIT_TRIALS_FAILED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="stepscope")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """stepscope: where the time and memory of a training step go.
+
+    Write a sweep spec, run it on Ray, query the results with SQL.
+
+    Example:
+
+        stepscope run examples/quickstart.yaml
+        stepscope query phase_breakdown
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+def main() -> None:
+    cli(prog_name="stepscope")
+
+
+# ---------------------------------------------------------------- plan
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+def plan(spec_path: str) -> None:
+    """Validate SPEC and print the trials it expands to. Imports neither Ray nor torch.
+
+    Example:
+
+        stepscope plan examples/quickstart.yaml
+    """
+    from orchestrator.grid import expand
+
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    varying = [k for k, _ in spec.grid]
+    click.echo(f"{spec.name}: {len(trials)} trial{'s' if len(trials) != 1 else ''} (isolation: {spec.isolation})")
+    for t in trials:
+        shown = " ".join(f"{k}={t.params[k]}" for k in varying)
+        gpu = f" gpu={t.gpu}" if t.gpu else ""
+        rep = f" repeat={t.repeat}" if spec.repeats > 1 else ""
+        click.echo(f"{t.index:>4}  {t.trial_id}  {shown}{gpu}{rep}")
+
+
+# ---------------------------------------------------------------- run
+
+
+class _PrintProgress:
+    def started(self, sweep_id: str, total: int, skipped: int, cluster: str) -> None:
+        stored = f", {skipped} already stored" if skipped else ""
+        click.echo(f"sweep {sweep_id}: {total} trials{stored}; {cluster}", err=True)
+
+    def trial_done(self, o, done: int, total: int, running: int) -> None:
+        width = len(str(total))
+        if o.status == "ok" and o.samples_per_s:
+            what = f"{o.samples_per_s:>10,.1f} samples/s"
+        else:
+            what = (o.error or "")[:100]
+        click.echo(
+            f"[{done:>{width}}/{total}] {o.status:<7} {o.trial.label:<28} {what}  ({o.seconds:.1f}s)",
+            err=True,
+        )
+
+    def retrying(self, trial, attempt: int, reason: str) -> None:
+        click.echo(f"  retrying {trial.label} (attempt {attempt}): {reason}", err=True)
+
+
+def _check_custom_workloads(spec: SweepSpec, trials) -> None:
+    from orchestrator.scheduler import search_paths
+
+    for name in sorted({t.params["workload"] for t in trials if is_custom(t.params["workload"])}):
+        if not find_custom_module(name, search_paths(spec)):
+            raise SpecError(
+                spec.source,
+                "workload",
+                f"cannot find module {name.partition(':')[0]!r} beside the spec, in the current "
+                "directory or on PYTHONPATH",
+            )
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@store_option
+@click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster).")
+@click.option("--resume", is_flag=True, help="Continue the latest sweep of this spec in the store: run only trials not stored as ok or oom.")
+@click.option("--sweep-id", default=None, help="Write into this sweep id (with --resume: continue it).")
+def run(spec_path: str, store: str | None, address: str | None, resume: bool, sweep_id: str | None) -> None:
+    """Run the sweep in SPEC on Ray and store every trial's rows.
+
+    Exit code 0 when every trial ended with a result (ok or oom), 1 when some
+    trial failed or timed out, 2 for a bad spec or option (nothing runs).
+
+    Example:
+
+        stepscope run examples/quickstart.yaml --store ./results
+        stepscope run examples/quickstart.yaml --resume
+    """
+    from orchestrator.grid import expand
+    from orchestrator.resume import pick_sweep
+    from orchestrator.scheduler import run_sweep
+
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    _check_custom_workloads(spec, trials)
+    st = Store(resolve_store(store))
+    chosen = pick_sweep(st, spec, sweep_id=sweep_id, resume=resume)
+    if resume and chosen.new:
+        click.echo(f"nothing to resume for {spec.name} in {st.location}: starting sweep {chosen.sweep_id}", err=True)
+    try:
+        outcome = run_sweep(
+            spec, trials, st, sweep_id=chosen.sweep_id, done_ids=chosen.done_ids,
+            address=address, progress=_PrintProgress(), new_sweep=chosen.new,
+        )
+    except KeyboardInterrupt:
+        outcome = None
+    resume_hint = f"stepscope run {spec_path} --resume" + (f" --store {store}" if store else "")
+    if outcome is None or outcome.interrupted:
+        click.echo(f"Interrupted: finished trials are stored. Resume with: {resume_hint}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    _summary(outcome, st)
+    sys.exit(EXIT_OK if outcome.all_results else EXIT_TRIALS_FAILED)
+
+
+def _summary(outcome, st: Store) -> None:
+    counts = ", ".join(f"{outcome.count(s)} {s}" for s in ("ok", "oom", "failed", "timeout") if outcome.count(s))
+    ran = len(outcome.outcomes)
+    skipped = f"; {outcome.skipped} already stored" if outcome.skipped else ""
+    click.echo(f"{outcome.sweep_id}: {ran} trial{'s' if ran != 1 else ''} run ({counts or 'none'}){skipped}")
+    for o in outcome.outcomes:
+        if o.status not in ("ok", "oom"):
+            click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")
+    where = f" --store {st.location}" if st.location != resolve_store(None) else ""
+    click.echo(f"results in {st.location}; try: stepscope query phase_breakdown{where}")
+
+
+# ---------------------------------------------------------------- trial
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--index", "index", type=int, required=True, help="Which trial (see `stepscope plan`).")
+@store_option
+@click.option("--sweep-id", default=None, help="Sweep to write into (default: the latest sweep of this spec in the store, else a new one).")
+def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None) -> None:
+    """Run trial N of SPEC in this process, without Ray; writes the same rows as `run`.
+
+    Example:
+
+        stepscope trial examples/quickstart.yaml --index 0
+    """
+    from orchestrator.grid import expand
+    from orchestrator.resume import pick_sweep
+    from orchestrator.scheduler import search_paths, sweep_row
+    from workloads.runner import run_trial
+
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    if not 0 <= index < len(trials):
+        raise click.BadParameter(f"{index} is out of range; this spec has trials 0..{len(trials) - 1}", param_hint="--index")
+    _check_custom_workloads(spec, trials[index : index + 1])
+    st = Store(resolve_store(store))
+    chosen = pick_sweep(st, spec, sweep_id=sweep_id, resume=True)
+    if chosen.new:
+        st.write_sweep(sweep_row(spec, chosen.sweep_id, len(trials), None))
+    t = trials[index]
+    click.echo(f"sweep {chosen.sweep_id}: trial {index} {t.label} [{t.trial_id}]", err=True)
+    row = run_trial(t, chosen.sweep_id, st, search_paths=search_paths(spec))
+    if row["status"] == "ok":
+        click.echo(f"ok: {row['samples_per_s']:,.1f} samples/s on {row['device_name']} ({row['device_kind']})")
+    else:
+        click.echo(f"{row['status']}: {row['error']}")
+    sys.exit(EXIT_OK if row["status"] in ("ok", "oom") else EXIT_TRIALS_FAILED)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+@cli.command()
+@output_options
+def workloads(fmt: str | None) -> None:
+    """List the built-in workloads and the parameters they take, with defaults.
+
+    Parameters marked `common` apply to every workload, custom ones included.
+
+    Example:
+
+        stepscope workloads --format markdown
+    """
+    columns = ["workload", "parameter", "type", "default", "help"]
+    rows = [["common", p.name, p.describe_type(), p.default, p.help] for p in COMMON_PARAMS]
+    for info in BUILTINS.values():
+        rows += [[info.name, p.name, p.describe_type(), p.default, p.help] for p in info.params]
+    click.echo(render(columns, rows, fmt))
+
+
+# ---------------------------------------------------------------- query / sql
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Query parameter (repeatable).")
+@click.option("--list", "list_", is_flag=True, help="List the named queries with their descriptions.")
+@store_option
+@output_options
+def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | None, fmt: str | None) -> None:
+    """Run the named query queries/NAME.sql against the store.
+
+    Example:
+
+        stepscope query --list
+        stepscope query phase_breakdown -p sweep=all --format markdown
+    """
+    from analysis.queries import list_queries, run_query
+    from analysis.warehouse import connect
+
+    if list_:
+        rows = [[q.name, q.description, ", ".join(f"{p.name}={p.default}" for p in q.parameters)] for q in list_queries()]
+        click.echo(render(["query", "description", "parameters"], rows, fmt))
+        return
+    if not name:
+        raise click.UsageError("give a query NAME, or --list to see them")
+    bound = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="-p")
+        bound[key] = value
+    columns, rows = run_query(connect(resolve_store(store)), name, bound)
+    click.echo(render(columns, rows, fmt))
+
+
+@cli.command()
+@click.argument("sql_text", metavar="SQL")
+@store_option
+@output_options
+def sql(sql_text: str, store: str | None, fmt: str | None) -> None:
+    """Run ad hoc SQL against the store's views (sweeps, trials, steps, ...).
+
+    Example:
+
+        stepscope sql "select workload, precision, median(samples_per_s) from trials group by all"
+    """
+    from analysis.queries import run_sql
+    from analysis.warehouse import connect
+
+    columns, rows = run_sql(connect(resolve_store(store)), sql_text)
+    click.echo(render(columns, rows, fmt))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

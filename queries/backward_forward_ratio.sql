@@ -1,0 +1,84 @@
+-- How much longer backward takes than forward: median ms of each and their ratio, per configuration.
+--
+-- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
+-- trials (its repeats) are pooled. A ratio near 2 is the textbook expectation
+-- for dense layers; far from it points at recomputation, hooks or a slow kernel.
+--
+-- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+--
+-- columns: sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+--   trials (ok trials pooled), steps (measured steps), forward_ms, backward_ms,
+--   ratio (backward_ms / forward_ms)
+
+with
+
+latest_sweep as (
+    select sweep_id
+    from sweeps
+    order by created_at desc, sweep_id desc
+    limit 1
+),
+
+chosen_trials as (
+    select *
+    from trials
+    where $sweep = 'all'
+        or sweep_id = $sweep
+        or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
+),
+
+measured_steps as (
+    select
+        t.sweep_id,
+        t.trial_id,
+        t.workload,
+        t.batch_size,
+        t.precision,
+        t.optimizer,
+        t.gpu,
+        t.device_name,
+        s.iteration,
+        s.phase,
+        s.duration_ms
+    from chosen_trials as t
+    inner join steps as s
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
+    where t.status = 'ok' and not s.is_warmup and s.phase in ('forward', 'backward')
+),
+
+config_medians as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        gpu,
+        device_name,
+        count(distinct trial_id) as trials,
+        count(distinct (trial_id, iteration)) as steps,
+        median(duration_ms) filter (where phase = 'forward') as forward_ms,
+        median(duration_ms) filter (where phase = 'backward') as backward_ms
+    from measured_steps
+    group by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name
+),
+
+final as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        gpu,
+        device_name,
+        trials,
+        steps,
+        round(forward_ms, 3) as forward_ms,
+        round(backward_ms, 3) as backward_ms,
+        round(backward_ms / nullif(forward_ms, 0), 3) as ratio
+    from config_medians
+    order by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name
+)
+
+select * from final

@@ -1,0 +1,94 @@
+-- Where a training step's time goes: median ms and share of each phase, per configuration.
+--
+-- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
+-- trials (its repeats) are pooled. share_pct is the phase's median over the sum
+-- of the phases' medians, so the shares of a configuration add up to ~100.
+--
+-- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+--
+-- columns: sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+--   phase_index, phase, trials (ok trials pooled), steps (measured steps),
+--   median_ms (duration_ms), median_host_ms, share_pct
+
+with
+
+latest_sweep as (
+    select sweep_id
+    from sweeps
+    order by created_at desc, sweep_id desc
+    limit 1
+),
+
+chosen_trials as (
+    select *
+    from trials
+    where $sweep = 'all'
+        or sweep_id = $sweep
+        or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
+),
+
+measured_steps as (
+    select
+        t.sweep_id,
+        t.trial_id,
+        t.workload,
+        t.batch_size,
+        t.precision,
+        t.optimizer,
+        t.gpu,
+        t.device_name,
+        s.phase_index,
+        s.phase,
+        s.duration_ms,
+        s.host_ms
+    from chosen_trials as t
+    inner join steps as s
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
+    where t.status = 'ok' and not s.is_warmup
+),
+
+phase_medians as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        gpu,
+        device_name,
+        phase_index,
+        phase,
+        count(distinct trial_id) as trials,
+        count(*) as steps,
+        median(duration_ms) as median_ms,
+        median(host_ms) as median_host_ms
+    from measured_steps
+    group by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name, phase_index, phase
+),
+
+final as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        gpu,
+        device_name,
+        phase_index,
+        phase,
+        trials,
+        steps,
+        round(median_ms, 3) as median_ms,
+        round(median_host_ms, 3) as median_host_ms,
+        round(
+            100 * median_ms / nullif(sum(median_ms) over (
+                partition by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name
+            ), 0),
+            1
+        ) as share_pct
+    from phase_medians
+    order by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name, phase_index
+)
+
+select * from final

@@ -1,0 +1,103 @@
+-- The views every query and `stepscope sql` reads: rename and cast only.
+--
+-- Built over raw_sweeps, raw_trials and raw_steps, which analysis.warehouse
+-- registers with every column of workloads.schema (null where an older file
+-- lacks one). Columns are listed explicitly, so a file's extra or reordered
+-- columns never change what a query sees. Not a named query: `stepscope query
+-- --list` skips this file.
+
+create or replace view sweeps as
+select
+    cast(sweep_id as varchar) as sweep_id,
+    cast(name as varchar) as name,
+    cast(spec as varchar) as spec,
+    cast(spec_hash as varchar) as spec_hash,
+    cast(spec_path as varchar) as spec_path,
+    cast(created_at as timestamptz) as created_at,
+    cast(trial_count as integer) as trial_count,
+    cast(isolation as varchar) as isolation,
+    cast(ray_address as varchar) as ray_address,
+    cast(host as varchar) as host,
+    cast(stepscope_version as varchar) as stepscope_version,
+    cast(schema_version as integer) as schema_version
+from raw_sweeps;
+
+create or replace view trials as
+select
+    cast(sweep_id as varchar) as sweep_id,
+    cast(trial_id as varchar) as trial_id,
+    cast(trial_index as integer) as trial_index,
+    cast("repeat" as integer) as "repeat",
+    cast(attempt as integer) as attempt,
+    cast(status as varchar) as status,
+    cast(error as varchar) as error,
+    cast(workload as varchar) as workload,
+    cast(batch_size as bigint) as batch_size,
+    cast(precision as varchar) as precision,
+    cast(optimizer as varchar) as optimizer,
+    cast(iterations as integer) as iterations,
+    cast(warmup as integer) as warmup,
+    cast(seed as bigint) as seed,
+    cast(params as varchar) as params,
+    cast(gpu as varchar) as gpu,
+    cast(device_kind as varchar) as device_kind,
+    cast(device_name as varchar) as device_name,
+    cast(device_index as integer) as device_index,
+    cast(device_uuid as varchar) as device_uuid,
+    cast(device_memory_bytes as bigint) as device_memory_bytes,
+    cast(sm_count as integer) as sm_count,
+    cast(compute_capability as varchar) as compute_capability,
+    cast(driver_version as varchar) as driver_version,
+    cast(cpu_count as integer) as cpu_count,
+    cast(num_threads as integer) as num_threads,
+    cast(host as varchar) as host,
+    cast(node_id as varchar) as node_id,
+    cast(pid as bigint) as pid,
+    cast(python_version as varchar) as python_version,
+    cast(torch_version as varchar) as torch_version,
+    cast(cuda_version as varchar) as cuda_version,
+    cast(cudnn_version as varchar) as cudnn_version,
+    cast(started_at as timestamptz) as started_at,
+    cast(ended_at as timestamptz) as ended_at,
+    cast(model_to_device_ms as double) as model_to_device_ms,
+    cast(param_count as bigint) as param_count,
+    cast(measured_steps as integer) as measured_steps,
+    cast(measured_wall_s as double) as measured_wall_s,
+    cast(samples_per_s as double) as samples_per_s,
+    cast(final_loss as double) as final_loss,
+    cast(stepscope_version as varchar) as stepscope_version,
+    cast(schema_version as integer) as schema_version
+from raw_trials;
+
+-- A trial's trials row is written last and commits its steps file: steps
+-- without one are an interrupted write, so the semi-join hides them.
+create or replace view steps as
+select
+    cast(s.sweep_id as varchar) as sweep_id,
+    cast(s.trial_id as varchar) as trial_id,
+    cast(s.iteration as integer) as iteration,
+    cast(s.is_warmup as boolean) as is_warmup,
+    cast(s.phase as varchar) as phase,
+    cast(s.phase_index as integer) as phase_index,
+    cast(s.duration_ms as double) as duration_ms,
+    cast(s.host_ms as double) as host_ms
+from raw_steps as s
+where exists (
+    select 1
+    from raw_trials as t
+    where t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
+);
+
+-- Convenience: one row per trial and step, its phases summed. phase_count
+-- tells a whole step (every phase) from one cut short by an error.
+create or replace view step_totals as
+select
+    sweep_id,
+    trial_id,
+    iteration,
+    is_warmup,
+    sum(duration_ms) as duration_ms,
+    sum(host_ms) as host_ms,
+    count(*) as phase_count
+from steps
+group by sweep_id, trial_id, iteration, is_warmup;

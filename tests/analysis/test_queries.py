@@ -1,0 +1,268 @@
+"""analysis.queries and the named queries in queries/, on hand-made numbers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import analysis.queries as queries
+from analysis.queries import (
+    QueryError,
+    QueryInfo,
+    QueryParam,
+    bind,
+    list_queries,
+    run_query,
+    run_sql,
+)
+from analysis.warehouse import connect
+
+NAMED = ("backward_forward_ratio", "phase_breakdown", "trials")
+
+
+def records(result: tuple[list[str], list[tuple]]) -> list[dict]:
+    columns, rows = result
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+# -- finding and describing queries -------------------------------------------------------------
+
+
+def test_list_queries_describes_the_named_queries_and_skips_the_views():
+    found = {q.name: q for q in list_queries()}
+    assert set(NAMED) <= set(found)
+    assert "views" not in found
+    for name in NAMED:
+        query = found[name]
+        first_line = query.path.read_text().splitlines()[0]
+        assert query.description and first_line == f"-- {query.description}"
+        assert query.parameters == (
+            QueryParam("sweep", "latest", "a sweep_id, 'latest' for the newest sweep, or 'all'"),
+        )
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_a_named_query_is_dbt_shaped_with_a_full_header(name):
+    text = (queries.sql_dir() / f"{name}.sql").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+    assert "param: sweep" in header and "columns:" in header
+    assert text.rstrip().endswith("select * from final")
+
+
+def test_the_sql_directory_of_a_wheel_comes_before_the_checkout(tmp_path, monkeypatch):
+    wheel_dir = tmp_path / "analysis" / "sql"
+    wheel_dir.mkdir(parents=True)
+    (wheel_dir / "views.sql").write_text("-- views\n")
+    (wheel_dir / "only_here.sql").write_text("-- Only in the wheel.\nselect 1 as x\n")
+    monkeypatch.setattr(
+        queries, "_SQL_DIRS", (wheel_dir, Path(queries.__file__).parents[1] / "queries")
+    )
+    assert [q.name for q in list_queries()] == ["only_here"]
+    assert list_queries()[0].description == "Only in the wheel."
+
+
+def test_a_parameter_without_a_default_must_be_given():
+    query = QueryInfo("q", "d", (QueryParam("sweep", None), QueryParam("n", "3")), Path("q.sql"))
+    assert bind(query, {"sweep": "s1"}) == {"sweep": "s1", "n": "3"}
+    with pytest.raises(
+        QueryError, match=r"query q: missing parameter 'sweep'; give it with -p sweep=VALUE"
+    ):
+        bind(query, {})
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_an_unknown_query_lists_the_known_ones(store):
+    with pytest.raises(QueryError) as info:
+        run_query(connect(store), "phase_brekdown", {})
+    message = str(info.value)
+    assert message.startswith("unknown query 'phase_brekdown'; known queries: ")
+    assert all(name in message for name in NAMED)
+
+
+def test_an_unknown_parameter_names_it_and_the_known_ones(store):
+    with pytest.raises(
+        QueryError, match=r"^query trials: unknown parameter 'swep'; known parameters: sweep$"
+    ):
+        run_query(connect(store), "trials", {"swep": "all"})
+
+
+def test_bad_sql_carries_duckdbs_message(store):
+    con = connect(store)
+    with pytest.raises(QueryError, match=r'Referenced column "nope" not found'):
+        run_sql(con, "select nope from trials")
+    with pytest.raises(QueryError, match=r"syntax error"):
+        run_sql(con, "selec 1")
+    with pytest.raises(QueryError, match=r"Table with name nowhere does not exist"):
+        run_sql(con, "select * from nowhere")
+
+
+def test_run_sql_returns_columns_and_rows(store, write):
+    write.trial("s1", "t1")
+    con = connect(store)
+    assert run_sql(con, "select trial_id, status from trials") == (
+        ["trial_id", "status"],
+        [("t1", "ok")],
+    )
+    run_sql(con, "create view mine as select 42 as answer")  # a statement without rows is fine
+    assert run_sql(con, "select * from mine") == (["answer"], [(42,)])
+
+
+# -- phase_breakdown ------------------------------------------------------------------------------
+
+# Step 0 is warmup and far off, so a median that counted it would move.
+FORWARD = [100.0, 2.0, 4.0, 6.0]
+BACKWARD = [100.0, 4.0, 8.0, 12.0]
+OPTIMIZER = [100.0, 3.0, 3.0, 3.0]
+DATA = [100.0, 1.0, 1.0, 1.0]
+LOSS = [100.0, 1.0, 1.0, 1.0]
+TO_DEVICE = [100.0, 1.0, 1.0, 1.0]
+STEP = {
+    "data": DATA,
+    "to_device": TO_DEVICE,
+    "forward": FORWARD,
+    "loss": LOSS,
+    "backward": BACKWARD,
+    "optimizer": OPTIMIZER,
+}
+
+
+def test_phase_breakdown_medians_and_shares(store, write):
+    write.sweep("s1")
+    write.trial("s1", "t1", STEP, warmup=1)
+    # Same configuration, but failed: its steps must not count.
+    write.trial(
+        "s1", "t2", {p: [500.0] * 4 for p in STEP}, warmup=1, trial_index=1, status="failed"
+    )
+    # Another configuration.
+    write.trial("s1", "t3", {"forward": [7.0]}, trial_index=2, batch_size=32)
+
+    got = records(run_query(connect(store), "phase_breakdown", {}))
+    first = [r for r in got if r["batch_size"] == 16]
+    assert [r["phase"] for r in first] == list(STEP)
+    assert [r["phase_index"] for r in first] == [0, 1, 2, 3, 4, 5]
+    # Medians of the measured steps: 1, 1, 4, 1, 8, 3 -> a step of 18 ms.
+    assert [r["median_ms"] for r in first] == [1.0, 1.0, 4.0, 1.0, 8.0, 3.0]
+    assert [r["median_host_ms"] for r in first] == [1.5, 1.5, 4.5, 1.5, 8.5, 3.5]
+    assert [r["share_pct"] for r in first] == [5.6, 5.6, 22.2, 5.6, 44.4, 16.7]
+    assert sum(r["share_pct"] for r in first) == pytest.approx(100, abs=0.3)
+    assert {(r["trials"], r["steps"]) for r in first} == {(1, 3)}
+    assert first[0] | {"median_ms": 0, "median_host_ms": 0, "share_pct": 0} == {
+        "sweep_id": "s1",
+        "workload": "mlp",
+        "batch_size": 16,
+        "precision": "fp32",
+        "optimizer": "sgd",
+        "gpu": None,
+        "device_name": "cpu",
+        "phase_index": 0,
+        "phase": "data",
+        "trials": 1,
+        "steps": 3,
+        "median_ms": 0,
+        "median_host_ms": 0,
+        "share_pct": 0,
+    }
+    second = [r for r in got if r["batch_size"] == 32]
+    assert [r["median_ms"] for r in second] == [1.0, 1.0, 7.0, 1.0, 1.0, 1.0]
+    assert [r["share_pct"] for r in second] == [8.3, 8.3, 58.3, 8.3, 8.3, 8.3]
+    assert got == sorted(got, key=lambda r: (r["batch_size"], r["phase_index"]))
+
+
+def test_phase_breakdown_pools_the_steps_of_repeats(store, write):
+    write.sweep("s1")
+    write.trial("s1", "r0", {"forward": [2.0, 4.0, 6.0]}, repeat=0)
+    write.trial("s1", "r1", {"forward": [8.0, 10.0, 12.0]}, trial_index=1, repeat=1)
+    got = records(run_query(connect(store), "phase_breakdown", {}))
+    forward = next(r for r in got if r["phase"] == "forward")
+    assert (forward["median_ms"], forward["trials"], forward["steps"]) == (7.0, 2, 6)
+
+
+# -- backward_forward_ratio -----------------------------------------------------------------------
+
+
+def test_backward_forward_ratio(store, write):
+    write.sweep("s1")
+    write.trial(
+        "s1", "t1", {"forward": [50.0, 2.0, 4.0, 6.0], "backward": [1.0, 6.0, 9.0, 12.0]}, warmup=1
+    )
+    write.trial("s1", "t2", {"forward": [1.0], "backward": [90.0]}, trial_index=1, status="oom")
+    write.trial("s1", "t3", {"forward": [4.0], "backward": [2.0]}, trial_index=2, precision="bf16")
+    got = records(run_query(connect(store), "backward_forward_ratio", {"sweep": "s1"}))
+    assert [
+        (r["precision"], r["trials"], r["steps"], r["forward_ms"], r["backward_ms"], r["ratio"])
+        for r in got
+    ] == [
+        ("bf16", 1, 1, 4.0, 2.0, 0.5),
+        ("fp32", 1, 3, 4.0, 9.0, 2.25),
+    ]
+
+
+# -- trials ---------------------------------------------------------------------------------------
+
+
+def test_trials_one_row_per_trial_in_trial_order(store, write, rows):
+    write.sweep("s1")
+    long_error = "RuntimeError: CUDA out of memory.\nTried to allocate " + "x" * 200
+    write.trial("s1", "b", {"forward": [9.0, 3.0, 5.0, 4.0]}, warmup=1, trial_index=1)
+    write.trial(
+        "s1", "a", None, trial_index=0, status="failed", error=long_error, samples_per_s=None
+    )
+    # A step cut short (only its first two phases ran) is not a step to take the median of.
+    cut = rows.steps("s1", "c", {"forward": [2.0, 2.0, 2.0]})[:-4]
+    store.write_trial("s1", "c", rows.trial("s1", "c", trial_index=2, status="oom"), cut)
+
+    got = records(run_query(connect(store), "trials", {}))
+    assert [r["trial_id"] for r in got] == ["a", "b", "c"]
+    failed, ok, oom = got
+    assert failed["status"] == "failed"
+    assert len(failed["error"]) == 80 and failed["error"].endswith("…")
+    assert failed["error"].startswith("RuntimeError: CUDA out of memory. Tried to allocate xxx")
+    assert failed["samples_per_s"] is None
+    # Measured steps sum to 3+5, 5+5, 4+5 ms: the median step is 9 ms.
+    assert ok["median_step_ms"] == 9.0 and ok["error"] is None
+    assert oom["median_step_ms"] == 7.0
+    assert set(ok) >= {
+        "status", "error", "workload", "batch_size", "precision", "gpu", "device_kind",
+        "device_name", "host", "samples_per_s", "median_step_ms", "model_to_device_ms", "param_count",
+    }  # fmt: skip
+    assert (ok["model_to_device_ms"], ok["param_count"], ok["host"]) == (1.5, 1000, "worker")
+
+
+# -- which sweep ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_sweeps(store, write, rows):
+    # The newer sweep has the smaller id: 'latest' must go by created_at, not by id.
+    write.sweep("z-old", rows.T0)
+    write.sweep("a-new", rows.T0 + timedelta(hours=1))
+    write.trial("z-old", "t-old", {"forward": [1.0]})
+    write.trial("a-new", "t-new", {"forward": [1.0]})
+    return connect(store)
+
+
+@pytest.mark.parametrize("name", NAMED)
+@pytest.mark.parametrize(
+    ("params", "sweeps"),
+    [
+        ({}, {"a-new"}),
+        ({"sweep": "latest"}, {"a-new"}),
+        ({"sweep": "all"}, {"a-new", "z-old"}),
+        ({"sweep": "z-old"}, {"z-old"}),
+        ({"sweep": "no-such-sweep"}, set()),
+    ],
+)
+def test_the_sweep_parameter(two_sweeps, name, params, sweeps):
+    got = records(run_query(two_sweeps, name, params))
+    assert {r["sweep_id"] for r in got} == sweeps
+
+
+def test_queries_over_an_empty_store_return_no_rows_but_their_columns(store):
+    con = connect(store)
+    for name in NAMED:
+        columns, rows = run_query(con, name, {"sweep": "all"})
+        assert columns and "sweep_id" in columns and rows == []

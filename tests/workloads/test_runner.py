@@ -1,0 +1,144 @@
+"""The runner on a CPU: phases, precisions, statuses, rows. Real torch, real Parquet."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from workloads.api import Trial
+from workloads.registry import resolve_params
+from workloads.runner import run_trial
+from workloads.schema import PHASES, STEPS, TRIALS
+from workloads.store import Store
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import probe  # noqa: E402
+
+
+def make_trial(**params) -> Trial:
+    return Trial(index=0, trial_id="t0", repeat=0, gpu=None, params=resolve_params(params))
+
+
+def read(store_dir, table, trial_id="t0", sweep="s"):
+    return pq.read_table(f"{store_dir}/{table}/sweep_id={sweep}/{trial_id}.parquet").to_pylist()
+
+
+def test_phase_times_match_known_sleeps(tmp_path):
+    want = {"data": 6.0, "forward": 12.0, "loss": 3.0, "backward": 9.0, "optimizer": 5.0}
+    trial = make_trial(workload="sleepy:build", iterations=8, warmup=1, batch_size=2,
+                       **{f"{k}_ms": v for k, v in want.items()})
+    row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    assert row["status"] == "ok", row["error"]
+    steps = [s for s in read(tmp_path, "steps") if not s["is_warmup"]]
+    for phase, ms in want.items():
+        got = statistics.median(s["duration_ms"] for s in steps if s["phase"] == phase)
+        assert ms <= got <= ms + 1.0 + 0.03 * ms, (phase, got)
+    assert all(s["duration_ms"] == s["host_ms"] for s in steps)  # on a CPU wall time is device time
+
+
+def test_rows_have_every_phase_of_every_step_in_order(tmp_path):
+    trial = make_trial(workload="mlp", depth=1, width=8, input_dim=8, batch_size=4, iterations=3, warmup=2)
+    row = run_trial(trial, "s", Store(str(tmp_path)))
+    assert row["status"] == "ok"
+    steps = read(tmp_path, "steps")
+    assert len(steps) == 5 * len(PHASES)
+    assert [s["phase"] for s in steps[:6]] == list(PHASES)
+    assert [s["phase_index"] for s in steps[:6]] == list(range(6))
+    assert [s["is_warmup"] for s in steps[::6]] == [True, True, False, False, False]
+    assert [s["iteration"] for s in steps[::6]] == [0, 1, 2, 3, 4]
+    (stored,) = read(tmp_path, "trials")
+    assert set(stored) == set(TRIALS.names)
+    assert stored["measured_steps"] == 3 and stored["device_kind"] == "cpu"
+    assert stored["param_count"] == 8 * 8 + 8 + 8 * 10 + 10
+    assert stored["samples_per_s"] == pytest.approx(4 * 3 / stored["measured_wall_s"])
+    assert stored["model_to_device_ms"] >= 0 and stored["final_loss"] > 0
+    assert pq.read_schema(f"{tmp_path}/steps/sweep_id=s/t0.parquet").equals(STEPS)
+
+
+@pytest.mark.parametrize(
+    ("precision", "param", "inp", "autocast", "matmul"),
+    [
+        ("fp32", torch.float32, torch.float32, False, "highest"),
+        ("tf32", torch.float32, torch.float32, False, "high"),
+        ("bf16", torch.bfloat16, torch.bfloat16, False, "highest"),
+        ("fp16", torch.float16, torch.float16, False, "highest"),
+        ("amp_bf16", torch.float32, torch.float32, True, "highest"),
+        ("amp_fp16", torch.float32, torch.float32, True, "highest"),
+    ],
+)
+def test_precision_modes(precision, param, inp, autocast, matmul):
+    probe.SEEN.clear()
+    trial = make_trial(workload="probe:build", precision=precision, iterations=2, warmup=0, batch_size=4)
+    row = run_trial(trial, "s", None, search_paths=[str(FIXTURES)])
+    assert row["status"] == "ok", row["error"]
+    seen = probe.SEEN[-1]
+    assert (seen["param_dtype"], seen["input_dtype"], seen["autocast"]) == (param, inp, autocast)
+    assert seen["matmul_precision"] == matmul
+    if precision.startswith("amp_"):
+        assert seen["output_dtype"] == {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}[precision]
+
+
+def test_failure_becomes_a_failed_row_with_the_steps_that_ran(tmp_path):
+    trial = make_trial(workload="sleepy:build", fail_at=3, iterations=5, warmup=1)
+    row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    assert row["status"] == "failed"
+    assert row["error"].startswith("RuntimeError: boom: asked to fail (at sleepy.py:")
+    assert row["samples_per_s"] is None
+    assert len(read(tmp_path, "steps")) == 3 * len(PHASES)
+    assert read(tmp_path, "trials")[0]["status"] == "failed"
+
+
+def test_out_of_memory_becomes_an_oom_row(tmp_path):
+    trial = make_trial(workload="probe:build", raise_oom=True)
+    row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    assert row["status"] == "oom"
+    assert "out of memory" in row["error"]
+
+
+def test_unimportable_custom_workload_is_a_failed_row(tmp_path):
+    row = run_trial(make_trial(workload="nosuchmodule:build"), "s", Store(str(tmp_path)))
+    assert row["status"] == "failed" and "ModuleNotFoundError" in row["error"]
+    assert read(tmp_path, "steps") == []
+
+
+def test_cuda_requested_without_cuda_fails_clearly(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    row = run_trial(make_trial(workload="mlp", device="cuda"), "s", None)
+    assert row["status"] == "failed"
+    assert "cuda was asked for" in row["error"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers_train(optimizer):
+    trial = make_trial(workload="mlp", depth=1, width=16, input_dim=8, batch_size=8, optimizer=optimizer,
+                       iterations=3, warmup=0, lr=0.01)
+    row = run_trial(trial, "s", None)
+    assert row["status"] == "ok" and row["final_loss"] > 0
+
+
+def test_same_seed_same_loss():
+    a = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=2, warmup=0, seed=3), "s", None)
+    b = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=2, warmup=0, seed=3), "s", None)
+    c = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=2, warmup=0, seed=4), "s", None)
+    assert a["final_loss"] == b["final_loss"] != c["final_loss"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "amp_bf16"])
+def test_cuda_phases_add_up_to_the_step(tmp_path, precision):
+    """On a GPU: device phase times are CUDA-event times and the rows are complete."""
+    trial = make_trial(workload="mlp", batch_size=256, precision=precision, iterations=10, warmup=3)
+    row = run_trial(trial, "s", Store(str(tmp_path)))
+    assert row["status"] == "ok", row["error"]
+    assert row["device_kind"] == "cuda" and row["device_uuid"]
+    steps = [s for s in read(tmp_path, "steps") if not s["is_warmup"]]
+    assert all(s["duration_ms"] >= 0 for s in steps)
+    per_step = sum(s["duration_ms"] for s in steps) / 10
+    assert per_step <= row["measured_wall_s"] * 1e3 / 10 * 1.05

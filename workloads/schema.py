@@ -1,0 +1,125 @@
+"""The Parquet schema of a stepscope store: one module owns it.
+
+Table names, columns, types and the schema version live here and nowhere else.
+The writer (`workloads.store`) and the DuckDB views (`analysis.warehouse` +
+`queries/views.sql`) both read it. Torch-free and Ray-free.
+
+Layout of a store (hive-style partitions by table and sweep)::
+
+    STORE/sweeps/sweep_id=<id>/sweep.parquet
+    STORE/trials/sweep_id=<id>/<trial_id>.parquet
+    STORE/steps/sweep_id=<id>/<trial_id>.parquet
+
+Every file also carries `sweep_id` as a column, so a single file read on its
+own is complete. A trial's `trials` file is written last and is the commit
+record: a `steps` file without its `trials` row is an interrupted write and the
+views ignore it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+#: The phases of every step, in order (CONTRACT.md). zero_grad belongs to `optimizer`.
+PHASES: tuple[str, ...] = ("data", "to_device", "forward", "loss", "backward", "optimizer")
+
+#: Trial statuses. `ok` and `oom` are results; `failed` and `timeout` are not.
+STATUSES: tuple[str, ...] = ("ok", "oom", "failed", "timeout")
+RESULT_STATUSES: frozenset[str] = frozenset({"ok", "oom"})
+
+_TS = pa.timestamp("us", tz="UTC")
+
+SWEEPS = pa.schema(
+    [
+        pa.field("sweep_id", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("spec", pa.string(), nullable=False),  # the YAML text as written
+        pa.field("spec_hash", pa.string(), nullable=False),  # sha256 of the normalised spec
+        pa.field("spec_path", pa.string()),
+        pa.field("created_at", _TS, nullable=False),
+        pa.field("trial_count", pa.int32(), nullable=False),
+        pa.field("isolation", pa.string(), nullable=False),
+        pa.field("ray_address", pa.string()),  # null for an embedded local cluster
+        pa.field("host", pa.string()),  # where the driver ran
+        pa.field("stepscope_version", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ]
+)
+
+TRIALS = pa.schema(
+    [
+        pa.field("sweep_id", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("trial_index", pa.int32(), nullable=False),
+        pa.field("repeat", pa.int32(), nullable=False),
+        pa.field("attempt", pa.int32(), nullable=False),  # 1 + retries the scheduler made
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("workload", pa.string(), nullable=False),
+        pa.field("batch_size", pa.int64(), nullable=False),
+        pa.field("precision", pa.string(), nullable=False),
+        pa.field("optimizer", pa.string(), nullable=False),
+        pa.field("iterations", pa.int32(), nullable=False),
+        pa.field("warmup", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("params", pa.string(), nullable=False),  # JSON of every resolved parameter
+        pa.field("gpu", pa.string()),  # requested accelerator type, null for `any`
+        pa.field("device_kind", pa.string()),  # cuda | cpu (null if the trial died first)
+        pa.field("device_name", pa.string()),
+        pa.field("device_index", pa.int32()),
+        pa.field("device_uuid", pa.string()),
+        pa.field("device_memory_bytes", pa.int64()),
+        pa.field("sm_count", pa.int32()),
+        pa.field("compute_capability", pa.string()),
+        pa.field("driver_version", pa.string()),
+        pa.field("cpu_count", pa.int32()),
+        pa.field("num_threads", pa.int32()),  # torch intra-op threads
+        pa.field("host", pa.string()),
+        pa.field("node_id", pa.string()),  # Ray node, null outside Ray
+        pa.field("pid", pa.int64()),
+        pa.field("python_version", pa.string()),
+        pa.field("torch_version", pa.string()),
+        pa.field("cuda_version", pa.string()),
+        pa.field("cudnn_version", pa.string()),
+        pa.field("started_at", _TS),
+        pa.field("ended_at", _TS),
+        pa.field("model_to_device_ms", pa.float64()),
+        pa.field("param_count", pa.int64()),
+        pa.field("measured_steps", pa.int32()),  # measured steps that completed
+        pa.field("measured_wall_s", pa.float64()),  # host wall time of the measured loop
+        pa.field("samples_per_s", pa.float64()),
+        pa.field("final_loss", pa.float64()),
+        pa.field("stepscope_version", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ]
+)
+
+STEPS = pa.schema(
+    [
+        pa.field("sweep_id", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("iteration", pa.int32(), nullable=False),  # 0-based, warmup steps first
+        pa.field("is_warmup", pa.bool_(), nullable=False),
+        pa.field("phase", pa.string(), nullable=False),
+        pa.field("phase_index", pa.int8(), nullable=False),  # position in PHASES
+        pa.field("duration_ms", pa.float64(), nullable=False),  # device time on a GPU, wall on a CPU
+        pa.field("host_ms", pa.float64(), nullable=False),  # wall time seen by the host
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "trials": TRIALS, "steps": STEPS}
+
+
+def check_rows(table: str, rows: list[dict]) -> pa.Table:
+    """Build an Arrow table for `table` from `rows`, refusing any row whose keys differ
+    from the schema: a missing or extra column is a bug in the writer, not a null."""
+    schema = TABLES[table]
+    names = set(schema.names)
+    for i, row in enumerate(rows):
+        keys = set(row)
+        if keys != names:
+            missing, extra = sorted(names - keys), sorted(keys - names)
+            raise ValueError(f"{table} row {i}: missing columns {missing}, unknown columns {extra}")
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,111 @@
+"""Write a trial's tables to a store: a local path or a URI that pyarrow.fs understands.
+
+A file appears whole or not at all. On a local (or mounted) filesystem we write
+a hidden temporary file beside the target, fsync it, then rename it over the
+target, which POSIX makes atomic. On an object store a single PUT is already
+atomic: the object is visible whole once the upload completes, never before.
+
+Within a trial the `steps` file is written before the `trials` file; the
+`trials` row is the commit record (see `workloads.schema`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from workloads.schema import check_rows
+
+DEFAULT_STORE = "./stepscope-results"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written."""
+
+
+def resolve_store(store: str | None) -> str:
+    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (CONTRACT.md)."""
+    return store or os.environ.get("STEPSCOPE_STORE") or DEFAULT_STORE
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where results live. `location` is what the user typed: a path or a URI."""
+
+    location: str
+
+    def __post_init__(self) -> None:
+        if not self.location:
+            raise StoreError("--store: empty store location; give a directory or a URI")
+
+    @property
+    def local_root(self) -> str | None:
+        """The absolute directory of a local store, or None for a URI store."""
+        if is_uri(self.location):
+            return None
+        path = self.location.removeprefix("file://")
+        return os.path.abspath(os.path.expanduser(path))
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        root = self.local_root
+        if root is not None:
+            return pafs.LocalFileSystem(), root
+        try:
+            fs, path = pafs.FileSystem.from_uri(self.location)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise StoreError(f"--store {self.location}: {exc}") from None
+        return fs, path.rstrip("/")
+
+    def partition_dir(self, table: str, sweep_id: str) -> str:
+        _, root = self.filesystem()
+        return f"{root}/{table}/sweep_id={sweep_id}"
+
+    def write(self, table: str, sweep_id: str, stem: str, rows: Sequence[dict]) -> str:
+        """Write `rows` of `table` as one Parquet file named `stem`.parquet; return its path."""
+        data = check_rows(table, list(rows))
+        fs, root = self.filesystem()
+        directory = f"{root}/{table}/sweep_id={sweep_id}"
+        final = f"{directory}/{stem}.parquet"
+        if isinstance(fs, pafs.LocalFileSystem):
+            _write_local_atomic(data, directory, final)
+        else:
+            fs.create_dir(directory, recursive=True)
+            pq.write_table(data, final, filesystem=fs)
+        return final
+
+    def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict]) -> None:
+        """Steps first, then the trials row that commits them."""
+        self.write("steps", sweep_id, trial_id, step_rows)
+        self.write("trials", sweep_id, trial_id, [trial_row])
+
+    def write_sweep(self, row: dict) -> None:
+        self.write("sweeps", row["sweep_id"], "sweep", [row])
+
+
+def _write_local_atomic(data: pa.Table, directory: str, final: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    name = os.path.basename(final)
+    # Hidden and without a .parquet suffix, so no reader's glob ever sees it.
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(data, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
