@@ -19,7 +19,9 @@ How to read the table:
 - ratio: runner_ms / plain_ms. 1.00 means the runner costs nothing; the goal is <= 1.03.
 - ratio_range: min-max of the per-round ratios (runner over the plain run of the same
   round). A wide range means the machine was noisy: trust the ratio only when it is
-  well inside the goal, or rerun with more rounds.
+  well inside the goal, or rerun with more rounds. Rounds are kept short (seconds) so
+  the two runs of a round see the same machine; on a shared machine, more rounds help
+  more than more iterations.
 
 Fairness choices:
 
@@ -210,8 +212,8 @@ def _non_negative(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=_positive, default=7, help="interleaved rounds (default 7)")
-    parser.add_argument("--iterations", type=_positive, default=40, help="measured steps per run (default 40)")
+    parser.add_argument("--rounds", type=_positive, default=9, help="interleaved rounds (default 9)")
+    parser.add_argument("--iterations", type=_positive, default=30, help="measured steps per run (default 30)")
     parser.add_argument("--warmup", type=_non_negative, default=5, help="unmeasured steps first (default 5)")
     parser.add_argument(
         "--workloads", type=_workload_list, default=list(BATCH_SIZES), help="comma-separated (default mlp,resnet,gpt)"

@@ -172,7 +172,10 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
         outcome = None
     resume_hint = f"stepscope run {spec_path} --resume" + (f" --store {store}" if store else "")
     if outcome is None or outcome.interrupted:
-        click.echo(f"Interrupted: finished trials are stored. Resume with: {resume_hint}", err=True)
+        stored = "finished trials are stored" if outcome is None else (
+            f"{outcome.skipped + len(outcome.outcomes)} of {outcome.total} trials are stored"
+        )
+        click.echo(f"Interrupted: {stored}. Resume with: {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     _summary(outcome, st)
     sys.exit(EXIT_OK if outcome.all_results else EXIT_TRIALS_FAILED)

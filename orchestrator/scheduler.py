@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,15 +124,47 @@ def run_sweep(
 
     import ray
 
-    started_here = _connect(ray, address)
-    try:
-        options = _task_options(ray, spec)
-        progress.started(sweep_id, len(trials), outcome.skipped, _describe_cluster(ray, address, options))
-        _Driver(ray, spec, store, sweep_id, options, progress, outcome).run(todo)
-    finally:
-        if started_here:
-            ray.shutdown()
+    with _StopOnSignal() as stop:
+        started_here = _connect(ray, address)
+        try:
+            options = _task_options(ray, spec)
+            progress.started(sweep_id, len(trials), outcome.skipped, _describe_cluster(ray, address, options))
+            _Driver(ray, spec, store, sweep_id, options, progress, outcome, stop).run(todo)
+        finally:
+            if started_here:
+                ray.shutdown()
     return outcome
+
+
+class _StopOnSignal:
+    """Ctrl-C (or SIGTERM) sets a flag that the driver's loop checks between waits.
+
+    A KeyboardInterrupt raised inside Ray's C++ calls can leave the core worker
+    half torn down (it segfaults at exit), so the first signal only asks the
+    loop to stop: it cancels what is running and returns. A second one raises.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.previous: dict = {}
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def _handle(self, signum, frame) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -194,7 +228,8 @@ def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], a
 
 
 class _Driver:
-    def __init__(self, ray, spec, store, sweep_id, options, progress, outcome) -> None:
+    def __init__(self, ray, spec, store, sweep_id, options, progress, outcome, stop) -> None:
+        self.stop = stop
         self.ray, self.spec, self.store, self.sweep_id = ray, spec, store, sweep_id
         self.progress, self.outcome = progress, outcome
         # max_calls=1: the worker process exits after one trial, so nothing leaks into the next.
@@ -212,15 +247,18 @@ class _Driver:
 
     def run(self, todo: Sequence[Trial]) -> None:
         for trial in todo:
+            if self.stop.is_set():
+                break
             self.submit(trial, 1)
-        try:
-            while self.pending:
-                ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    self.collect(ref)
-        except KeyboardInterrupt:
+        # Short waits, so a Ctrl-C is acted on within a fraction of a second.
+        while self.pending and not self.stop.is_set():
+            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.2)
+            for ref in ready:
+                self.collect(ref)
+        if self.stop.is_set():
             self.outcome.interrupted = True
             for ref in self.pending:
+                # force=True kills the worker: its trial writes nothing (files appear whole or not at all).
                 self.ray.cancel(ref, force=True)
             self.pending.clear()
 
