@@ -7,6 +7,7 @@ import signal
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -158,3 +159,16 @@ def test_trial_command_writes_the_same_rows_as_run(write_spec, stepscope, tmp_pa
         sa = duckdb.sql(f"describe select * from read_parquet('{tmp_path}/via-run/{table}/*/*.parquet')").fetchall()
         sb = duckdb.sql(f"describe select * from read_parquet('{tmp_path}/via-trial/{table}/*/*.parquet')").fetchall()
         assert sa == sb
+
+
+def test_readme_demo_quickstart(stepscope, tmp_path):
+    """The README's main job: the quickstart sweep on an embedded Ray, then its phase breakdown."""
+    spec = str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
+    run = stepscope("run", spec, check_rc=0, timeout=600)
+    assert "12 trials run (12 ok)" in run.stdout
+    assert run.stderr.count("] ok ") == 12
+    out = stepscope("query", "phase_breakdown", "--format", "csv", check_rc=0)
+    rows = out.stdout.splitlines()[1:]
+    assert len(rows) == 12 * 6
+    shares = q(tmp_path / "stepscope-results", "select count(distinct precision), count(distinct workload) from trials")
+    assert shares == [(2, 3)]
