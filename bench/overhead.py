@@ -34,15 +34,23 @@ Fairness choices:
   ones, so neither side is always the one that runs on warm caches and allocator free
   lists, or always the one that meets the neighbour's burst on a shared machine.
 - `gc.collect()` before each side, so one side does not pay for the other's garbage.
-- Threads: torch's default for both (the trial's `num_threads` is 0, which the runner
-  leaves alone). fp32 matmul precision: the runner sets "highest", the default, which
-  the plain side therefore shares.
+- Threads: `--threads` (default 1) for both sides: it goes into the trial's
+  `num_threads`, which the runner passes to `torch.set_num_threads`, and the plain side
+  sets the same. Why not torch's default (one thread per core)? On a small shared
+  machine every OpenMP parallel region waits for its slowest thread, so one core taken
+  by a neighbour stalls the whole step: on 2 busy cores, 2 threads made an mlp step
+  ~15x slower and the per-round ratios swing from 0.4 to 3, while 1 thread kept them
+  within about +-10%. The runner's own overhead is Python work on the main thread and
+  does not depend on the thread count; `--threads 0` keeps torch's default.
+- fp32 matmul precision: the runner sets "highest", the default, which the plain side
+  therefore shares.
 - CPU only. On a GPU the runner adds one synchronisation per step by design (to read
   its CUDA events), which is a different question from this one.
 
 Usage:
 
-    python bench/overhead.py [--rounds R] [--iterations N] [--warmup W] [--workloads mlp,resnet,gpt]
+    python bench/overhead.py [--rounds R] [--iterations N] [--warmup W]
+                             [--workloads mlp,resnet,gpt] [--threads T]
 """
 
 from __future__ import annotations
@@ -61,8 +69,9 @@ from workloads.api import Trial
 from workloads.registry import BUILTINS, load_builder, resolve_params
 from workloads.runner import run_trial
 
-#: Batch sizes that make one step take roughly 5-100 ms on a 2-core CPU at the
+#: Batch sizes that make one step take roughly 5-100 ms on one CPU thread at the
 #: registry's default model sizes (mlp 4x256, resnet 18 at 32x32, gpt 2x128 at 64 tokens).
+#: (resnet's step is mostly AdamW over its 11M parameters, so its batch barely matters.)
 BATCH_SIZES = {"mlp": 512, "resnet": 8, "gpt": 8}
 GOAL = 1.03
 SEED = 0
@@ -94,7 +103,9 @@ class Result:
         return [r / p for p, r in zip(self.plain_ms, self.runner_ms, strict=True)]
 
 
-def trial_params(workload: str, batch_size: int, iterations: int, warmup: int) -> dict:
+def trial_params(
+    workload: str, batch_size: int, iterations: int, warmup: int, threads: int
+) -> dict:
     """The resolved params both sides use: registry defaults plus the bench's settings."""
     return resolve_params(
         {
@@ -106,12 +117,15 @@ def trial_params(workload: str, batch_size: int, iterations: int, warmup: int) -
             "warmup": warmup,
             "device": "cpu",
             "seed": SEED,
+            "num_threads": threads,
         }
     )
 
 
 def plain_step_ms(p: dict) -> float:
     """Mean ms per measured step of a hand-written loop over the same model and batches."""
+    if p["num_threads"]:  # as the runner does: 0 leaves torch's setting alone
+        torch.set_num_threads(p["num_threads"])
     torch.manual_seed(p["seed"])  # as the runner does, before building
     workload = load_builder(p["workload"])(dict(p))
     device = torch.device("cpu")
@@ -153,8 +167,10 @@ def runner_step_ms(p: dict, round_index: int) -> float:
     return row["measured_wall_s"] * 1e3 / row["measured_steps"]
 
 
-def measure(workload: str, batch_size: int, rounds: int, iterations: int, warmup: int) -> Result:
-    p = trial_params(workload, batch_size, iterations, warmup)
+def measure(
+    workload: str, batch_size: int, rounds: int, iterations: int, warmup: int, threads: int
+) -> Result:
+    p = trial_params(workload, batch_size, iterations, warmup, threads)
     plain, runner = [], []
     for r in range(rounds):
         sides = ("plain", "runner") if r % 2 == 0 else ("runner", "plain")
@@ -181,7 +197,10 @@ def format_table(results: Sequence[Result]) -> str:
         for r in results
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in (header, *rows)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in (header, *rows)
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -212,14 +231,31 @@ def _non_negative(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=_positive, default=9, help="interleaved rounds (default 9)")
-    parser.add_argument("--iterations", type=_positive, default=30, help="measured steps per run (default 30)")
-    parser.add_argument("--warmup", type=_non_negative, default=5, help="unmeasured steps first (default 5)")
     parser.add_argument(
-        "--workloads", type=_workload_list, default=list(BATCH_SIZES), help="comma-separated (default mlp,resnet,gpt)"
+        "--rounds", type=_positive, default=9, help="interleaved rounds (default 9)"
+    )
+    parser.add_argument(
+        "--iterations", type=_positive, default=30, help="measured steps per run (default 30)"
+    )
+    parser.add_argument(
+        "--warmup", type=_non_negative, default=5, help="unmeasured steps first (default 5)"
+    )
+    parser.add_argument(
+        "--workloads",
+        type=_workload_list,
+        default=list(BATCH_SIZES),
+        help="comma-separated (default mlp,resnet,gpt)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_non_negative,
+        default=1,
+        help="torch CPU threads, both sides; 0 = torch's default (default 1)",
     )
     args = parser.parse_args(argv)
     assert set(BATCH_SIZES) <= set(BUILTINS), "BATCH_SIZES names a workload the registry lacks"
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads ({os.cpu_count()} cores), fp32, adamw; "
@@ -228,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = perf_counter_ns()
     results = []
     for name in args.workloads:
-        results.append(measure(name, BATCH_SIZES[name], args.rounds, args.iterations, args.warmup))
+        results.append(
+            measure(
+                name, BATCH_SIZES[name], args.rounds, args.iterations, args.warmup, args.threads
+            )
+        )
     print(format_table(results))
     print(f"goal: ratio <= {GOAL}")
     over = [r.workload for r in results if r.ratio > GOAL]

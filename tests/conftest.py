@@ -47,6 +47,7 @@ def write_spec(tmp_path):
 
     def write(text: str, name: str = "spec.yaml", with_modules: tuple[str, ...] = ()) -> str:
         path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
         for mod in with_modules:
             shutil.copy(FIXTURES / f"{mod}.py", tmp_path / f"{mod}.py")

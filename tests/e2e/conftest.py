@@ -9,20 +9,16 @@ import sys
 import pytest
 
 
-def stepscope_cmd() -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli"]
-
-
 @pytest.fixture
 def stepscope(tmp_path):
     """stepscope(*args, timeout=...) -> CompletedProcess, run in tmp_path."""
 
-    def run(*args: str, timeout: float = 300, check_rc: int | None = None) -> subprocess.CompletedProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def run(*args: str, timeout: float = 300, check_rc: int | None = None, env: dict | None = None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         env.pop("RAY_ADDRESS", None)
         env.pop("STEPSCOPE_STORE", None)
         proc = subprocess.run(
-            [*stepscope_cmd(), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
         )
         if check_rc is not None:
             assert proc.returncode == check_rc, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"

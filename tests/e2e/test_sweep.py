@@ -6,15 +6,17 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from tests.e2e.conftest import stepscope_cmd
-
 pytestmark = pytest.mark.slow
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+STEPSCOPE = [sys.executable, "-m", "orchestrator.cli"]
 
 PHASE_MS = {"data": 20, "forward": 40, "loss": 10, "backward": 60, "optimizer": 30}
 
@@ -66,7 +68,10 @@ def test_timing_truth_failures_and_one_trial_per_node_at_a_time(write_spec, step
 
 
 def test_worker_killed_mid_trial_is_retried_without_partial_or_duplicate_rows(write_spec, stepscope, tmp_path):
+    """Also: a custom workload module in the current directory (not beside the spec) is found."""
     marker = tmp_path / "killed-once"
+    write_spec("", name="unused.yaml", with_modules=("sleepy",))  # sleepy.py lands in the cwd
+    (tmp_path / "specs").mkdir()
     spec = write_spec(
         f"""
         name: killed
@@ -75,7 +80,7 @@ def test_worker_killed_mid_trial_is_retried_without_partial_or_duplicate_rows(wr
         grid:
           die_marker: ["{marker}", ""]
         """,
-        with_modules=("sleepy",),
+        name="specs/killed.yaml",
     )
     proc = stepscope("run", spec, "--store", "results", check_rc=0)
     assert "retrying" in proc.stderr and "attempt 2" in proc.stderr
@@ -90,20 +95,24 @@ def test_worker_killed_mid_trial_is_retried_without_partial_or_duplicate_rows(wr
 
 
 def test_interrupted_sweep_resumes_only_missing_trials(write_spec, stepscope, tmp_path):
+    """Also: a custom workload module found through PYTHONPATH, by every worker."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "slowpkg.py").write_text((FIXTURES / "sleepy.py").read_text())
     spec = write_spec(
         """
         name: resumable
         isolation: reuse
-        fixed: {workload: "sleepy:build", iterations: 6, warmup: 0, forward_ms: 150}
+        fixed: {workload: "slowpkg:build", iterations: 6, warmup: 0, forward_ms: 150}
         grid:
           seed: [0, 1, 2, 3, 4]
         """,
-        with_modules=("sleepy",),
     )
     store = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "STEPSCOPE_STORE")}
+    env["PYTHONPATH"] = str(lib)
     proc = subprocess.Popen(
-        [*stepscope_cmd(), "run", spec, "--store", str(store)], cwd=tmp_path, env=env,
+        [*STEPSCOPE, "run", spec, "--store", str(store)], cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     trials_dir = store / "trials"
@@ -117,7 +126,7 @@ def test_interrupted_sweep_resumes_only_missing_trials(write_spec, stepscope, tm
     before = dict(q(store, "select trial_id, started_at from trials"))
     assert 2 <= len(before) < 5
 
-    resumed = stepscope("run", spec, "--store", "results", "--resume", check_rc=0)
+    resumed = stepscope("run", spec, "--store", "results", "--resume", check_rc=0, env={"PYTHONPATH": str(lib)})
     assert f"{len(before)} already stored" in resumed.stdout
     after = q(store, "select trial_id, started_at, sweep_id from trials")
     assert len(after) == 5 and len({r[0] for r in after}) == 5, "no trial's rows twice"
