@@ -25,7 +25,7 @@ from workloads.api import Trial, Workload
 from workloads.registry import load_builder
 from workloads.schema import PHASES, SCHEMA_VERSION
 from workloads.store import Store
-from workloads.timing import make_timer
+from workloads.timing import make_timer, phase_ms
 
 N_PHASES = len(PHASES)
 
@@ -43,8 +43,8 @@ def version() -> str:
 class _Measured:
     """What the loop produced; filled in as it goes so a crash keeps what ran."""
 
-    device_ms: list[list[float]] = field(default_factory=list)
-    host_ms: list[list[float]] = field(default_factory=list)
+    device_ms: list[list[float] | None] = field(default_factory=list)  # None: same as host (CPU)
+    host_ns: list[tuple[int, ...]] = field(default_factory=list)  # clock at each phase boundary
     model_to_device_ms: float | None = None
     param_count: int | None = None
     measured_wall_s: float | None = None
@@ -182,12 +182,16 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: _Mea
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timer.mark(6)
-        device_ms, host_ms = timer.read()  # on a GPU: the step's one synchronisation
+        # Drop this step's tensors now, so they do not live on into the next
+        # step's phases (a GPT's logits are the largest tensor of its step).
+        loss = loss.detach()
+        del inputs, targets, outputs
+        device_ms, host_ns = timer.read()  # on a GPU: the step's one synchronisation
         out.device_ms.append(device_ms)
-        out.host_ms.append(host_ms)
+        out.host_ns.append(host_ns)
     out.measured_wall_s = (perf_counter_ns() - measure_start) / 1e9
     if loss is not None:
-        out.final_loss = float(loss.detach().float().item())
+        out.final_loss = float(loss.float().item())
 
 
 def _to(x: Any, device: Any, cast: Any) -> Any:
@@ -292,7 +296,10 @@ def _trial_row(trial, sweep_id, m: _Measured, status, error, started, node_id, a
 def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]]:
     warmup = trial.params["warmup"]
     rows = []
-    for it, (dev, host) in enumerate(zip(m.device_ms, m.host_ms, strict=True)):
+    for it, (dev, host_ns) in enumerate(zip(m.device_ms, m.host_ns, strict=True)):
+        host = phase_ms(host_ns)
+        if dev is None:  # a CPU: wall time is device time
+            dev = host
         for i, phase in enumerate(PHASES):
             rows.append(
                 {

@@ -1,8 +1,10 @@
 """Phase timers: CUDA events on a GPU, perf_counter_ns on a CPU.
 
 A step has N phases and so N+1 boundaries. At each boundary the runner calls
-`mark(i)`; after the last one it calls `read()`, which returns per-phase device
-and host durations in milliseconds.
+`mark(i)`; after the last one it calls `read()`, which returns the step's raw
+values: per-phase device milliseconds (None on a CPU, where device time is host
+time) and the host's `perf_counter_ns` at each boundary. Turning those into
+per-phase durations (`phase_ms`) is left until after the loop, off the hot path.
 
 - Host times are always `perf_counter_ns` at the boundaries, taken without any
   synchronisation: they are what the host thread spent (on a GPU, mostly kernel
@@ -30,10 +32,8 @@ class CpuPhaseTimer:
     def mark(self, boundary: int) -> None:
         self._host[boundary] = perf_counter_ns()
 
-    def read(self) -> tuple[list[float], list[float]]:
-        h = self._host
-        host_ms = [(h[i + 1] - h[i]) / 1e6 for i in range(len(h) - 1)]
-        return host_ms, host_ms
+    def read(self) -> tuple[None, tuple[int, ...]]:
+        return None, tuple(self._host)
 
 
 class CudaPhaseTimer:
@@ -54,14 +54,19 @@ class CudaPhaseTimer:
         self._host[boundary] = perf_counter_ns()
         self._events[boundary].record()
 
-    def read(self) -> tuple[list[float], list[float]]:
-        ev, h = self._events, self._host
+    def read(self) -> tuple[list[float], tuple[int, ...]]:
+        ev = self._events
         # The one sync per step: elapsed_time() needs both events to have completed,
         # and the last event completes after every earlier one on the same stream.
         ev[-1].synchronize()
         device_ms = [ev[i].elapsed_time(ev[i + 1]) for i in range(len(ev) - 1)]
-        host_ms = [(h[i + 1] - h[i]) / 1e6 for i in range(len(h) - 1)]
-        return device_ms, host_ms
+        return device_ms, tuple(self._host)
+
+
+def phase_ms(boundaries_ns: tuple[int, ...]) -> list[float]:
+    """Per-phase milliseconds from the host's clock readings at the phase boundaries."""
+    b = boundaries_ns
+    return [(b[i + 1] - b[i]) / 1e6 for i in range(len(b) - 1)]
 
 
 def make_timer(device_type: str, n_phases: int, torch_module: object | None = None):
