@@ -65,7 +65,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Example:
 
         stepscope run examples/quickstart.yaml
-        stepscope query phase_breakdown
+        stepscope query phase_shares
     """
     ctx.ensure_object(dict)["debug"] = debug
 
@@ -190,7 +190,7 @@ def _summary(outcome, st: Store) -> None:
         if o.status not in ("ok", "oom"):
             click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")
     where = f" --store {st.location}" if st.location != resolve_store(None) else ""
-    click.echo(f"results in {st.location}; try: stepscope query phase_breakdown{where}")
+    click.echo(f"results in {st.location}; try: stepscope query phase_shares{where}")
 
 
 # ---------------------------------------------------------------- trial

@@ -172,6 +172,22 @@ def test_phase_breakdown_medians_and_shares(store, write):
     assert got == sorted(got, key=lambda r: (r["batch_size"], r["phase_index"]))
 
 
+def test_phase_shares_one_row_per_configuration(store, write):
+    write.sweep("s1")
+    write.trial("s1", "t1", STEP, warmup=1, samples_per_s=100.0)
+    write.trial("s1", "t2", {p: [500.0] * 4 for p in STEP}, warmup=1, trial_index=1, status="failed")
+    write.trial("s1", "t3", {"forward": [7.0]}, trial_index=2, batch_size=32, samples_per_s=50.0)
+
+    got = records(run_query(connect(store), "phase_shares", {}))
+    assert [r["batch_size"] for r in got] == [16, 32]
+    first, second = got
+    # The same medians as phase_breakdown: 1, 1, 4, 1, 8, 3 -> 18 ms.
+    assert first["step_ms"] == 18.0 and first["samples_per_s"] == 100.0
+    shares = [first[f"{p}_pct"] for p in STEP]
+    assert shares == [5.6, 5.6, 22.2, 5.6, 44.4, 16.7]
+    assert second["step_ms"] == 12.0 and second["forward_pct"] == 58.3 and second["gpu"] is None
+
+
 def test_phase_breakdown_pools_the_steps_of_repeats(store, write):
     write.sweep("s1")
     write.trial("s1", "r0", {"forward": [2.0, 4.0, 6.0]}, repeat=0)

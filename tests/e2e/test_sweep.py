@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -179,5 +180,9 @@ def test_readme_demo_quickstart(stepscope, tmp_path):
     out = stepscope("query", "phase_breakdown", "--format", "csv", check_rc=0)
     rows = out.stdout.splitlines()[1:]
     assert len(rows) == 12 * 6
-    shares = q(tmp_path / "stepscope-results", "select count(distinct precision), count(distinct workload) from trials")
-    assert shares == [(2, 3)]
+    shares = stepscope("query", "phase_shares", "--format", "json", check_rc=0)
+    configs = json.loads(shares.stdout)
+    assert len(configs) == 12
+    for c in configs:
+        total = sum(c[f"{p}_pct"] for p in ("data", "to_device", "forward", "loss", "backward", "optimizer"))
+        assert total == pytest.approx(100, abs=0.5) and c["step_ms"] > 0
