@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 import click
@@ -91,7 +92,8 @@ def plan(spec_path: str) -> None:
     spec = load_spec(spec_path)
     trials = expand(spec)
     varying = [k for k, _ in spec.grid]
-    click.echo(f"{spec.name}: {len(trials)} trial{'s' if len(trials) != 1 else ''} (isolation: {spec.isolation})")
+    each = " per GPU type the cluster has when the sweep starts (gpus: each)" if spec.gpus_each else ""
+    click.echo(f"{spec.name}: {len(trials)} trial{'s' if len(trials) != 1 else ''}{each} (isolation: {spec.isolation})")
     for t in trials:
         shown = " ".join(f"{k}={t.params[k]}" for k in varying)
         gpu = f" gpu={t.gpu}" if t.gpu else ""
@@ -103,23 +105,70 @@ def plan(spec_path: str) -> None:
 
 
 class _PrintProgress:
+    """Trial lines as they finish; on a terminal also a live bar with ETA and what runs where."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.bar_shown = False
+        self.last_tick = 0.0
+
     def started(self, sweep_id: str, total: int, skipped: int, cluster: str) -> None:
         stored = f", {skipped} already stored" if skipped else ""
         click.echo(f"sweep {sweep_id}: {total} trials{stored}; {cluster}", err=True)
 
-    def trial_done(self, o, done: int, total: int, running: int) -> None:
-        width = len(str(total))
+    def trial_done(self, o, snap) -> None:
+        width = len(str(snap.total))
         if o.status == "ok" and o.samples_per_s:
             what = f"{o.samples_per_s:>10,.1f} samples/s"
         else:
             what = (o.error or "")[:100]
+        gpu = f" on {o.trial.gpu}" if o.trial.gpu else ""
+        eta = f"  ETA {_duration(snap.eta_s)}" if snap.eta_s and snap.done < snap.total else ""
+        self._clear()
         click.echo(
-            f"[{done:>{width}}/{total}] {o.status:<7} {o.trial.label:<28} {what}  ({o.seconds:.1f}s)",
+            f"[{snap.done:>{width}}/{snap.total}] {o.status:<7} {o.trial.label:<28} {what}  ({o.seconds:.1f}s{gpu}){eta}",
             err=True,
         )
+        self.tick(snap, force=True)
+
+    def tick(self, snap, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.tty or (not force and now - self.last_tick < 0.5):
+            return
+        self.last_tick = now
+        filled = int(20 * snap.done / max(snap.total, 1))
+        running = ", ".join(f"{k} {v}" for k, v in sorted(snap.running.items())) or "none"
+        eta = _duration(snap.eta_s) if snap.eta_s is not None else "?"
+        line = (
+            f"[{'#' * filled}{'.' * (20 - filled)}] {snap.done}/{snap.total} "
+            f"{100 * snap.done // max(snap.total, 1)}%  elapsed {_duration(snap.elapsed_s)}  ETA {eta}  "
+            f"running: {running}  failures: {snap.failures}"
+        )
+        click.echo(f"\r\033[K{line}", err=True, nl=False)
+        self.bar_shown = True
 
     def retrying(self, trial, attempt: int, reason: str) -> None:
+        self._clear()
         click.echo(f"  retrying {trial.label} (attempt {attempt}): {reason}", err=True)
+
+    def finished(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.bar_shown:
+            click.echo("\r\033[K", err=True, nl=False)
+            self.bar_shown = False
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _check_custom_workloads(spec: SweepSpec, trials) -> None:
@@ -141,7 +190,10 @@ def _check_custom_workloads(spec: SweepSpec, trials) -> None:
 @click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster).")
 @click.option("--resume", is_flag=True, help="Continue the latest sweep of this spec in the store: run only trials not stored as ok or oom.")
 @click.option("--sweep-id", default=None, help="Write into this sweep id (with --resume: continue it).")
-def run(spec_path: str, store: str | None, address: str | None, resume: bool, sweep_id: str | None) -> None:
+@click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Cancel a trial that runs longer (worker start included) and store it as `timeout`.")
+def run(spec_path: str, store: str | None, address: str | None, resume: bool, sweep_id: str | None,
+        trial_timeout: float | None) -> None:
     """Run the sweep in SPEC on Ray and store every trial's rows.
 
     Exit code 0 when every trial ended with a result (ok or oom), 1 when some
@@ -154,20 +206,21 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
     """
     from orchestrator.grid import expand
     from orchestrator.resume import pick_sweep
-    from orchestrator.scheduler import run_sweep
+    from orchestrator.scheduler import Session, plan_trials, run_sweep
 
     spec = load_spec(spec_path)
-    trials = expand(spec)
-    _check_custom_workloads(spec, trials)
+    _check_custom_workloads(spec, expand(spec))
     st = Store(resolve_store(store))
     chosen = pick_sweep(st, spec, sweep_id=sweep_id, resume=resume)
     if resume and chosen.new:
         click.echo(f"nothing to resume for {spec.name} in {st.location}: starting sweep {chosen.sweep_id}", err=True)
     try:
-        outcome = run_sweep(
-            spec, trials, st, sweep_id=chosen.sweep_id, done_ids=chosen.done_ids,
-            address=address, progress=_PrintProgress(), new_sweep=chosen.new,
-        )
+        with Session(address) as session:
+            trials, _ = plan_trials(spec, session.nodes())
+            outcome = run_sweep(
+                session, spec, trials, st, sweep_id=chosen.sweep_id, done_ids=chosen.done_ids,
+                progress=_PrintProgress(), new_sweep=chosen.new, trial_timeout=trial_timeout,
+            )
     except KeyboardInterrupt:
         outcome = None
     resume_hint = f"stepscope run {spec_path} --resume" + (f" --store {store}" if store else "")
@@ -182,10 +235,15 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
 
 
 def _summary(outcome, st: Store) -> None:
-    counts = ", ".join(f"{outcome.count(s)} {s}" for s in ("ok", "oom", "failed", "timeout") if outcome.count(s))
+    statuses = ("ok", "oom", "failed", "timeout")
+    counts = ", ".join(f"{outcome.count(s)} {s}" for s in statuses if outcome.count(s))
     ran = len(outcome.outcomes)
     skipped = f"; {outcome.skipped} already stored" if outcome.skipped else ""
     click.echo(f"{outcome.sweep_id}: {ran} trial{'s' if ran != 1 else ''} run ({counts or 'none'}){skipped}")
+    gpus = sorted({o.trial.gpu for o in outcome.outcomes if o.trial.gpu})
+    for gpu in gpus:
+        per = ", ".join(f"{outcome.count(s, gpu)} {s}" for s in statuses if outcome.count(s, gpu))
+        click.echo(f"  {gpu}: {per}")
     for o in outcome.outcomes:
         if o.status not in ("ok", "oom"):
             click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")

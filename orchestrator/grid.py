@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Sequence
 
 from orchestrator.spec import SweepSpec
 from workloads.api import Trial
@@ -43,12 +44,17 @@ def trial_id(params: dict, gpu: str | None, repeat: int) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
-def expand(spec: SweepSpec) -> list[Trial]:
+def expand(spec: SweepSpec, gpu_types: Sequence[str] | None = None) -> list[Trial]:
     """Order: target GPU, then repeat, then grid point. Repeats are spread through
-    the sweep rather than run back to back, so slow drift hits all of them alike."""
+    the sweep rather than run back to back, so slow drift hits all of them alike.
+
+    For `gpus: each`, `gpu_types` are the types the cluster has (the scheduler
+    asks it); without them the trials carry no type yet (what `plan` shows).
+    """
     resolved = [resolve_params(p) for p in grid_points(spec)]
+    targets = tuple(gpu_types) if spec.gpus_each and gpu_types else spec.gpus
     trials: list[Trial] = []
-    for gpu in spec.gpus or (None,):
+    for gpu in targets or (None,):
         for repeat in range(spec.repeats):
             for params in resolved:
                 trials.append(

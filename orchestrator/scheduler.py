@@ -1,15 +1,21 @@
-"""Trials -> Ray tasks: resources, isolation, retries, resume, interrupts.
+"""Trials -> Ray tasks: resources, isolation, retries, timeouts, resume, interrupts.
 
 The only module that imports Ray. One Ray task per trial:
 
 - `isolation: process` (default) gives each trial a fresh worker process
   (`max_calls=1`), so CUDA memory, allocator caches and cuDNN autotuning never
   leak from one trial into the next. `reuse` keeps workers (fast, for quick grids).
-- One trial per GPU at a time (`num_gpus=1`). On a cluster without GPUs a trial
-  takes all the CPUs of a node: timings of trials that share cores mean nothing.
+- One trial per GPU at a time (`num_gpus=1`), pinned to a GPU type with a
+  fractional custom resource (see `orchestrator.cluster`). On a cluster without
+  GPUs a trial takes all the CPUs of a node: trials that share cores time nothing.
+- The driver hands Ray only as many trials of a type as there are GPUs (or CPU
+  nodes) for them. So a handed-out trial is a running trial: `--trial-timeout`
+  counts from its start (worker start-up included), progress knows what runs
+  where, and Ctrl-C has little to cancel.
 - A trial's own failure is caught in the worker and stored as a row. A worker
-  process or node that dies is retried by the driver (so it knows the attempt
-  number), then recorded as `failed`.
+  or node that dies is retried by the driver (so it knows the attempt number),
+  then stored as `failed`. A GPU type whose last node is gone fails its trials
+  rather than leaving them pending forever.
 """
 
 from __future__ import annotations
@@ -21,20 +27,24 @@ import signal
 import socket
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from orchestrator import cluster
 from orchestrator.spec import SweepSpec
 from workloads.api import Trial
-from workloads.runner import run_trial, version
+from workloads.runner import failed_row, run_trial, version
 from workloads.schema import RESULT_STATUSES, SCHEMA_VERSION
 from workloads.store import Store
 
 MAX_RETRIES = 2  # resubmissions after a worker or node died
+NODE_REFRESH_S = 5.0  # how often the driver re-reads which nodes are alive
 
 
 class SchedulerError(RuntimeError):
-    """The sweep cannot start (cluster unreachable, resources missing)."""
+    """The sweep cannot start (cluster unreachable, GPU types or storage missing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +65,24 @@ class SweepOutcome:
     outcomes: list[TrialOutcome] = field(default_factory=list)
     interrupted: bool = False
 
-    def count(self, status: str) -> int:
-        return sum(o.status == status for o in self.outcomes)
+    def count(self, status: str, gpu: str | None | bool = False) -> int:
+        return sum(o.status == status and (gpu is False or o.trial.gpu == gpu) for o in self.outcomes)
 
     @property
     def all_results(self) -> bool:
         return all(o.status in RESULT_STATUSES for o in self.outcomes) and not self.interrupted
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Where a sweep stands, for progress displays."""
+
+    done: int
+    total: int
+    running: dict[str, int]  # GPU type (or "cpu"/"any") -> trials running
+    failures: int
+    elapsed_s: float
+    eta_s: float | None
 
 
 class Progress:
@@ -68,9 +90,13 @@ class Progress:
 
     def started(self, sweep_id: str, total: int, skipped: int, cluster: str) -> None: ...
 
-    def trial_done(self, outcome: TrialOutcome, done: int, total: int, running: int) -> None: ...
+    def trial_done(self, outcome: TrialOutcome, snap: Snapshot) -> None: ...
+
+    def tick(self, snap: Snapshot) -> None: ...
 
     def retrying(self, trial: Trial, attempt: int, reason: str) -> None: ...
+
+    def finished(self) -> None: ...
 
 
 def new_sweep_id(spec: SweepSpec) -> str:
@@ -101,38 +127,128 @@ def search_paths(spec: SweepSpec) -> list[str]:
     return [p for p in paths if p]
 
 
+class Session:
+    """A connection to Ray for one sweep: an embedded cluster or an existing one."""
+
+    def __init__(self, address: str | None) -> None:
+        import ray
+
+        self.ray = ray
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.started_here = False
+
+    def __enter__(self) -> Session:
+        ray = self.ray
+        if ray.is_initialized():
+            return self
+        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+        try:
+            if self.address is None:
+                ray.init(include_dashboard=False, **quiet)
+            else:
+                ray.init(address=self.address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = self.address or "a local cluster"
+            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {_first_line(exc)}") from None
+        self.started_here = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+    def nodes(self) -> list[cluster.Node]:
+        return cluster.alive_nodes(self.ray)
+
+
+def resolve_gpu_types(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> list[str] | None:
+    """The GPU types this sweep targets on this cluster; None for `any`.
+    A type that no node has is an error now (Ray would leave its trials pending forever)."""
+    if spec.gpus_each:
+        types = cluster.each_types(nodes)
+        if not types:
+            raise SchedulerError("gpus: each: the cluster has no GPU node; use `gpus: any` for CPU nodes")
+        return types
+    if spec.gpus is None:
+        return None
+    have = cluster.types_present(nodes)
+    missing = [g for g in spec.gpus if g not in have]
+    if missing:
+        listed = ", ".join(have) or "none"
+        raise SchedulerError(f"gpus: no node of the cluster has {', '.join(missing)}; GPU types present: {listed}")
+    return list(spec.gpus)
+
+
+def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver_ip: str) -> None:
+    """A local-path store works only if every node sees the same directory.
+
+    Nodes on the driver's host do; for others (a shared mount, or not) we ask
+    each node whether it sees a probe file the driver just wrote.
+    """
+    root = store.local_root
+    remote = [n for n in nodes if n.ip != driver_ip]
+    if root is None or not remote:
+        return
+    os.makedirs(root, exist_ok=True)
+    probe = os.path.join(root, f".stepscope-probe-{uuid.uuid4().hex}")
+    with open(probe, "w") as f:
+        f.write("probe")
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        check = ray.remote(num_cpus=0)(os.path.exists)
+        refs = {
+            n.ip: check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(probe)
+            for n in remote
+        }
+        blind = sorted(ip for ip, ref in refs.items() if not ray.get(ref, timeout=120))
+    finally:
+        os.unlink(probe)
+    if blind:
+        raise SchedulerError(
+            f"--store {store.location}: a local path, but nodes on other hosts ({', '.join(blind)}) "
+            "cannot see it; use a directory mounted at the same path on every node, "
+            "or an object store URI such as s3://bucket/prefix"
+        )
+
+
+def plan_trials(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> tuple[list[Trial], list[str] | None]:
+    from orchestrator.grid import expand
+
+    types = resolve_gpu_types(spec, nodes)
+    return expand(spec, types if spec.gpus_each else None), types
+
+
 def run_sweep(
+    session: Session,
     spec: SweepSpec,
     trials: Sequence[Trial],
     store: Store,
     *,
     sweep_id: str,
     done_ids: frozenset[str] = frozenset(),
-    address: str | None = None,
     progress: Progress | None = None,
     new_sweep: bool = True,
+    trial_timeout: float | None = None,
 ) -> SweepOutcome:
-    """Run every trial not in `done_ids` on Ray and write its rows to `store`."""
+    """Run every trial not in `done_ids` on the session's cluster and write its rows."""
     progress = progress or Progress()
+    ray = session.ray
     todo = [t for t in trials if t.trial_id not in done_ids]
     outcome = SweepOutcome(sweep_id=sweep_id, total=len(trials), skipped=len(trials) - len(todo))
+    nodes = session.nodes()
+    resolve_gpu_types(spec, nodes)  # the types may have gone since the trials were planned
+    check_store_visible(ray, store, nodes, ray.util.get_node_ip_address())
     if new_sweep:
-        store.write_sweep(sweep_row(spec, sweep_id, len(trials), address))
+        store.write_sweep(sweep_row(spec, sweep_id, len(trials), session.address))
     if not todo:
         progress.started(sweep_id, len(trials), outcome.skipped, "nothing to run")
         return outcome
-
-    import ray
-
+    driver = _Driver(ray, spec, store, sweep_id, progress, outcome, trial_timeout)
+    progress.started(sweep_id, len(trials), outcome.skipped, driver.describe(session.address, nodes))
     with _StopOnSignal() as stop:
-        started_here = _connect(ray, address)
-        try:
-            options = _task_options(ray, spec)
-            progress.started(sweep_id, len(trials), outcome.skipped, _describe_cluster(ray, address, options))
-            _Driver(ray, spec, store, sweep_id, options, progress, outcome, stop).run(todo)
-        finally:
-            if started_here:
-                ray.shutdown()
+        driver.run(todo, stop)
+    progress.finished()
     return outcome
 
 
@@ -167,57 +283,6 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _connect(ray, address: str | None) -> bool:
-    """Connect to ADDR, or RAY_ADDRESS, or start an embedded local cluster. True if started here."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if address is None:
-            ray.init(include_dashboard=False, **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "a local cluster"
-        raise SchedulerError(f"--address: cannot connect to Ray at {where}: {exc}") from None
-    return True
-
-
-def _task_options(ray, spec: SweepSpec) -> dict:
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
-    opts: dict = {"max_retries": 0, "retry_exceptions": False}
-    if spec.gpus is not None or gpus > 0:
-        opts.update(num_gpus=1, num_cpus=1)
-    else:
-        cpus = [int(n["Resources"].get("CPU", 0)) for n in nodes if n["Resources"].get("CPU", 0) >= 1]
-        if not cpus:
-            raise SchedulerError("the Ray cluster has no node with a CPU to run trials on")
-        opts["num_cpus"] = min(cpus)  # the whole of the smallest node: trials never share cores
-    if spec.gpus is not None:
-        have = sorted(
-            k.removeprefix("accelerator_type:")
-            for n in nodes
-            for k in n["Resources"]
-            if k.startswith("accelerator_type:")
-        )
-        missing = [g for g in spec.gpus if g not in have]
-        if missing:
-            listed = ", ".join(sorted(set(have))) or "none"
-            raise SchedulerError(
-                f"gpus: no node of the cluster has {', '.join(missing)}; types present: {listed}"
-            )
-    return opts
-
-
-def _describe_cluster(ray, address: str | None, options: dict) -> str:
-    res = ray.cluster_resources()
-    where = address or os.environ.get("RAY_ADDRESS") or "embedded local Ray"
-    per = f"{options.get('num_gpus', 0)} GPU" if options.get("num_gpus") else f"{options['num_cpus']} CPUs"
-    return f"{where}: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs; {per} per trial"
-
-
 def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], attempt: int) -> dict:
     """Runs in a Ray worker."""
     import ray
@@ -227,68 +292,168 @@ def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], a
     return {"status": row["status"], "error": row["error"], "samples_per_s": row["samples_per_s"]}
 
 
+@dataclass
+class _Running:
+    trial: Trial
+    attempt: int
+    started: float
+
+
 class _Driver:
-    def __init__(self, ray, spec, store, sweep_id, options, progress, outcome, stop) -> None:
-        self.stop = stop
+    def __init__(self, ray, spec, store, sweep_id, progress, outcome, trial_timeout) -> None:
         self.ray, self.spec, self.store, self.sweep_id = ray, spec, store, sweep_id
-        self.progress, self.outcome = progress, outcome
+        self.progress, self.outcome, self.trial_timeout = progress, outcome, trial_timeout
         # max_calls=1: the worker process exits after one trial, so nothing leaks into the next.
-        max_calls = 1 if spec.isolation == "process" else 0
-        self.task = ray.remote(max_calls=max_calls)(_remote_trial)
-        self.options = options
+        self.task = ray.remote(max_calls=1 if spec.isolation == "process" else 0)(_remote_trial)
         self.paths = search_paths(spec)
-        self.pending: dict = {}  # ObjectRef -> (trial, attempt, submitted_at)
+        self.queues: dict[str | None, deque] = {}  # GPU type -> (trial, attempt) waiting
+        self.running: dict = {}  # ObjectRef -> _Running
+        self.nodes: list[cluster.Node] = []
+        self.nodes_read = 0.0
+        self.t0 = time.monotonic()
+        self.use_gpus = False
+        self.cpus_per_trial = 1.0
 
-    def submit(self, trial: Trial, attempt: int) -> None:
-        ref = self.task.options(**self.options, name=f"stepscope {trial.label}").remote(
-            trial, self.sweep_id, self.store, self.paths, attempt
-        )
-        self.pending[ref] = (trial, attempt, time.monotonic())
+    # ---- resources
 
-    def run(self, todo: Sequence[Trial]) -> None:
+    def refresh_nodes(self, force: bool = False) -> None:
+        if force or time.monotonic() - self.nodes_read > NODE_REFRESH_S:
+            self.nodes = cluster.alive_nodes(self.ray)
+            self.nodes_read = time.monotonic()
+
+    def describe(self, address: str | None, nodes: Sequence[cluster.Node]) -> str:
+        self.nodes, self.nodes_read = list(nodes), time.monotonic()
+        self.use_gpus = self.spec.gpus is not None or self.spec.gpus_each or any(n.gpus for n in nodes)
+        if not self.use_gpus:
+            cpus = [n.cpus for n in nodes if n.cpus >= 1]
+            if not cpus:
+                raise SchedulerError("the Ray cluster has no node with a CPU to run trials on")
+            self.cpus_per_trial = min(cpus)  # the whole of the smallest node
+        where = address or os.environ.get("RAY_ADDRESS") or "embedded local Ray"
+        cpus = int(sum(n.cpus for n in nodes))
+        per = "1 GPU" if self.use_gpus else f"{int(self.cpus_per_trial)} CPUs"
+        return f"{where}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {cpus} CPUs, {cluster.describe_types(nodes)}; {per} per trial"
+
+    def options(self, trial: Trial) -> dict:
+        opts: dict = {"max_retries": 0, "retry_exceptions": False, "name": f"stepscope {trial.label}"}
+        if self.use_gpus:
+            opts.update(num_gpus=1, num_cpus=1)
+            if trial.gpu is not None:
+                opts["resources"] = cluster.resources_for(trial.gpu, self.nodes)
+        else:
+            opts["num_cpus"] = self.cpus_per_trial
+        return opts
+
+    def slots(self, gpu: str | None) -> int:
+        if self.use_gpus:
+            return cluster.gpu_slots(gpu, self.nodes)
+        return cluster.cpu_slots(self.cpus_per_trial, self.nodes)
+
+    # ---- the loop
+
+    def run(self, todo: Sequence[Trial], stop: _StopOnSignal) -> None:
         for trial in todo:
-            if self.stop.is_set():
-                break
-            self.submit(trial, 1)
-        # Short waits, so a Ctrl-C is acted on within a fraction of a second.
-        while self.pending and not self.stop.is_set():
-            ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.2)
+            self.queues.setdefault(trial.gpu, deque()).append((trial, 1))
+        while (self.running or any(self.queues.values())) and not stop.is_set():
+            self.refresh_nodes()
+            self.submit_ready()
+            if not self.running:
+                if any(self.queues.values()):
+                    time.sleep(0.2)  # every type's nodes are gone or busy; fail_orphans handled the gone
+                continue
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=0.2)
             for ref in ready:
                 self.collect(ref)
-        if self.stop.is_set():
+            self.enforce_timeout()
+            self.progress.tick(self.snapshot())
+        if stop.is_set():
             self.outcome.interrupted = True
-            for ref in self.pending:
+            for ref in self.running:
                 # force=True kills the worker: its trial writes nothing (files appear whole or not at all).
                 self.ray.cancel(ref, force=True)
-            self.pending.clear()
+            self.running.clear()
+
+    def submit_ready(self) -> None:
+        busy: dict = {}
+        for r in self.running.values():
+            busy[r.trial.gpu] = busy.get(r.trial.gpu, 0) + 1
+        for gpu, queue in self.queues.items():
+            free = self.slots(gpu) - busy.get(gpu, 0)
+            if free <= 0 and not busy.get(gpu) and queue:
+                self.fail_orphans(gpu, queue)
+                continue
+            while queue and free > 0:
+                trial, attempt = queue.popleft()
+                ref = self.task.options(**self.options(trial)).remote(trial, self.sweep_id, self.store, self.paths, attempt)
+                self.running[ref] = _Running(trial, attempt, time.monotonic())
+                free -= 1
+
+    def fail_orphans(self, gpu: str | None, queue: deque) -> None:
+        """No alive node can take this type any more (they died): fail its trials now."""
+        self.refresh_nodes(force=True)
+        if self.slots(gpu) > 0:
+            return
+        what = f"GPU type {gpu}" if gpu else ("a GPU" if self.use_gpus else f"{int(self.cpus_per_trial)} CPUs")
+        while queue:
+            trial, attempt = queue.popleft()
+            self.finish(trial, attempt, "failed", f"no alive node has {what} any more", None, 0.0, write=True)
 
     def collect(self, ref) -> None:
-        trial, attempt, t0 = self.pending.pop(ref)
+        run = self.running.pop(ref)
+        trial, attempt = run.trial, run.attempt
+        took = time.monotonic() - run.started
+        exc_types = self.ray.exceptions
         try:
             res = self.ray.get(ref)
-            status, error, sps = res["status"], res["error"], res["samples_per_s"]
-        except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError,
-                self.ray.exceptions.ObjectLostError) as exc:
-            reason = f"{type(exc).__name__}: worker process died"
+        except exc_types.OutOfMemoryError as exc:  # Ray's memory monitor killed the worker
+            self.finish(trial, attempt, "oom", f"host memory: {_first_line(exc)}", None, took, write=True)
+            return
+        except (exc_types.WorkerCrashedError, exc_types.NodeDiedError, exc_types.ObjectLostError,
+                exc_types.LocalRayletDiedError, exc_types.OwnerDiedError, exc_types.RaySystemError) as exc:
+            reason = f"{type(exc).__name__}: the worker process or its node died"
             if attempt <= MAX_RETRIES:
                 self.progress.retrying(trial, attempt + 1, reason)
-                self.submit(trial, attempt + 1)
+                self.queues.setdefault(trial.gpu, deque()).appendleft((trial, attempt + 1))
+                self.refresh_nodes(force=True)
                 return
-            status, error, sps = "failed", f"{reason} ({attempt} attempts)", None
-            self._record_failure(trial, error, attempt)
-        except self.ray.exceptions.RayError as exc:
-            status, error, sps = "failed", _first_line(exc), None
-            self._record_failure(trial, error, attempt)
-        done = TrialOutcome(trial, status, error, sps, time.monotonic() - t0, attempt)
+            self.finish(trial, attempt, "failed", f"{reason} ({attempt} attempts)", None, took, write=True)
+            return
+        except exc_types.RayError as exc:
+            self.finish(trial, attempt, "failed", _first_line(exc), None, took, write=True)
+            return
+        self.finish(trial, attempt, res["status"], res["error"], res["samples_per_s"], took, write=False)
+
+    def enforce_timeout(self) -> None:
+        if not self.trial_timeout:
+            return
+        now = time.monotonic()
+        for ref, run in list(self.running.items()):
+            if now - run.started > self.trial_timeout:
+                self.running.pop(ref)
+                self.ray.cancel(ref, force=True)  # kills the worker mid-trial; nothing partial is written
+                error = f"timed out after {self.trial_timeout:g}s (--trial-timeout)"
+                self.finish(run.trial, run.attempt, "timeout", error, None, now - run.started, write=True)
+
+    def finish(self, trial, attempt, status, error, sps, took, *, write: bool) -> None:
+        if write:  # the worker never wrote a row: the driver does
+            row = failed_row(trial, self.sweep_id, error, attempt, status=status)
+            self.store.write_trial(self.sweep_id, trial.trial_id, row, [])
+        done = TrialOutcome(trial, status, error, sps, took, attempt)
         self.outcome.outcomes.append(done)
-        n_done = self.outcome.skipped + len(self.outcome.outcomes)
-        self.progress.trial_done(done, n_done, self.outcome.total, len(self.pending))
+        self.progress.trial_done(done, self.snapshot())
 
-    def _record_failure(self, trial: Trial, error: str, attempt: int) -> None:
-        """A trial whose worker never wrote a row still gets one, from the driver."""
-        from workloads.runner import failed_row
-
-        self.store.write_trial(self.sweep_id, trial.trial_id, failed_row(trial, self.sweep_id, error, attempt), [])
+    def snapshot(self) -> Snapshot:
+        running: dict[str, int] = {}
+        for r in self.running.values():
+            key = r.trial.gpu or ("any GPU" if self.use_gpus else "cpu")
+            running[key] = running.get(key, 0) + 1
+        done = self.outcome.skipped + len(self.outcome.outcomes)
+        ran = len(self.outcome.outcomes)
+        elapsed = time.monotonic() - self.t0
+        remaining = self.outcome.total - done
+        eta = elapsed / ran * remaining if ran else None
+        failures = sum(o.status not in RESULT_STATUSES for o in self.outcome.outcomes)
+        return Snapshot(done, self.outcome.total, running, failures, elapsed, eta)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -40,12 +40,13 @@ class SweepSpec:
     fixed: tuple[tuple[str, Scalar], ...]
     grid: tuple[tuple[str, tuple[Scalar, ...]], ...]  # in the order written
     exclude: tuple[tuple[tuple[str, Scalar], ...], ...]
-    gpus: tuple[str, ...] | None  # None = any
+    gpus: tuple[str, ...] | None  # None = any (or each, see gpus_each)
     repeats: int
     isolation: str
     description: str
     text: str  # the YAML as written
     source: str  # the path it came from, for messages ("<string>" if none)
+    gpus_each: bool = False  # `gpus: each`: every GPU type the cluster has when the sweep starts
 
     @property
     def directory(self) -> str | None:
@@ -62,7 +63,7 @@ class SweepSpec:
             "fixed": [list(kv) for kv in self.fixed],
             "grid": [[k, list(v)] for k, v in self.grid],
             "exclude": [[list(kv) for kv in e] for e in self.exclude],
-            "gpus": list(self.gpus) if self.gpus is not None else None,
+            "gpus": "each" if self.gpus_each else (list(self.gpus) if self.gpus is not None else None),
             "repeats": self.repeats,
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -117,6 +118,7 @@ class _Validator:
             grid=grid,
             exclude=exclude,
             gpus=self.gpus(doc.get("gpus", "any")),
+            gpus_each=doc.get("gpus") == "each",
             repeats=self.positive_int("repeats", doc.get("repeats", 1)),
             isolation=self.isolation(doc.get("isolation", "process")),
             description=self.description(doc.get("description", "")),
@@ -186,14 +188,12 @@ class _Validator:
         return tuple(out)
 
     def gpus(self, value: Any) -> tuple[str, ...] | None:
-        if value == "any":
+        if value in ("any", "each"):
             return None
-        if value == "each":
-            raise self.fail("gpus", "`each` needs a cluster query that is not supported yet; list the types")
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            raise self.fail("gpus", "expected `any` or a list of accelerator types, e.g. [A100, H100]")
+            raise self.fail("gpus", "expected `any`, `each` or a list of GPU types, e.g. [A100, H100-SXM-80GB]")
         for v in value:
             if not isinstance(v, str) or not _GPU_RE.match(v):
                 raise self.fail("gpus", f"{v!r} is not an accelerator type name, e.g. H100 or A100")

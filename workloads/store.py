@@ -63,8 +63,11 @@ class Store:
         try:
             fs, path = pafs.FileSystem.from_uri(self.location)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise StoreError(f"--store {self.location}: {exc}") from None
-        return fs, path.rstrip("/")
+            raise StoreError(f"--store {self.location}: {_one_line(exc)}") from None
+        path = path.rstrip("/")
+        if not path:
+            raise StoreError(f"--store {self.location}: names no bucket or path; give e.g. s3://bucket/prefix")
+        return fs, path
 
     def partition_dir(self, table: str, sweep_id: str) -> str:
         _, root = self.filesystem()
@@ -79,8 +82,13 @@ class Store:
         if isinstance(fs, pafs.LocalFileSystem):
             _write_local_atomic(data, directory, final)
         else:
-            fs.create_dir(directory, recursive=True)
-            pq.write_table(data, final, filesystem=fs)
+            # One object, one upload: S3 shows it only once the upload completes, so a
+            # killed writer leaves at most an unfinished (invisible) multipart upload.
+            try:
+                fs.create_dir(directory, recursive=True)
+                pq.write_table(data, final, filesystem=fs)
+            except OSError as exc:  # no such bucket, access denied, unreachable endpoint
+                raise StoreError(f"--store {self.location}: cannot write {final}: {_one_line(exc)}") from None
         return final
 
     def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict]) -> None:
@@ -90,6 +98,10 @@ class Store:
 
     def write_sweep(self, row: dict) -> None:
         self.write("sweeps", row["sweep_id"], "sweep", [row])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _write_local_atomic(data: pa.Table, directory: str, final: str) -> None:

@@ -34,7 +34,7 @@ BAD_SPECS = [
     ("name: x\nfixed: {iterations: 0}\ngrid: {workload: [mlp]}\n", "fixed.iterations", "below the minimum"),
     ("name: x\nfixed: {workload: mlp}\ngrid: {workload: [gpt]}\n", "grid.workload", "also set in fixed"),
     ("name: x\ngrid: {workload: [mlp]}\nrepeats: 0\n", "repeats", "positive integer"),
-    ("name: x\ngrid: {workload: [mlp]}\ngpus: 7\n", "gpus", "accelerator types"),
+    ("name: x\ngrid: {workload: [mlp]}\ngpus: 7\n", "gpus", "list of GPU types"),
     ("name: x\ngrid: {workload: [mlp]}\nisolation: thread\n", "isolation", "process"),
     ("name: x\ngrid: {workload: [mlp]}\nexclude: [{color: red}]\n", "exclude[0].color", "not a parameter"),
     ("name: x\ngrid: {workload: [mlp]}\nexclude: [{workload: mlp}]\n", "exclude", "removes every grid point"),

@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# deploy/local-cluster.sh: a three-node Ray cluster on this one machine, with two fake GPU types.
+#
+#   deploy/local-cluster.sh up       start it (or say it is already up), wait until 3 nodes are alive
+#   deploy/local-cluster.sh status   list its nodes; exit 0 when all 3 are alive, 1 otherwise
+#   deploy/local-cluster.sh down     stop exactly this cluster's processes (never `ray stop`)
+#
+# Nodes (each is a `ray start --block` in a session of its own):
+#   head  --num-cpus=$STEPSCOPE_LOCAL_HEAD_CPUS (1) --num-gpus=0
+#   a100  --num-gpus=1  resources {"accelerator_type:A100": 1, "gpu_model:A100-SXM4-40GB": 1}
+#   h100  --num-gpus=1  resources {"accelerator_type:H100": 1, "gpu_model:H100-SXM-80GB": 1}
+# The GPUs are logical only: a task asking for num_gpus=1 is scheduled there and gets
+# CUDA_VISIBLE_DEVICES=0, and torch falls back to the CPU. The resource names follow the
+# stepscope convention: Ray's own `accelerator_type:<T>` (which Ray sets by itself on a real
+# GPU) plus `gpu_model:<LABEL>` = number of GPUs on the node.
+#
+# Driver: `stepscope run SPEC --address 127.0.0.1:$STEPSCOPE_LOCAL_PORT`, or
+# `ray.init(address="127.0.0.1:$STEPSCOPE_LOCAL_PORT")`. `up` prints the exact line.
+#
+# Token authentication (Ray >= 2.52): ON by default (STEPSCOPE_LOCAL_AUTH=token).
+#   All nodes run with RAY_AUTH_MODE=token and read the token from the default file,
+#   ~/.ray/auth_token (`up` creates it with `ray get-auth-token --generate` if it is missing;
+#   RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, if set, take precedence as usual in Ray).
+#   A driver on this host, as the same user, needs only RAY_AUTH_MODE=token in its
+#   environment: it reads the same file. Without it, ray.init(address=...) does NOT turn
+#   token auth on by itself (Ray only does that for address "auto"/None), and the
+#   connection is refused.
+#   STEPSCOPE_LOCAL_AUTH=disabled starts the nodes with RAY_AUTH_MODE=disabled instead
+#   (any local process can then use the cluster; drivers need nothing).
+#
+# Settings (environment variables):
+#   STEPSCOPE_LOCAL_PORT          GCS port of the head; the address is 127.0.0.1:PORT  (26379)
+#                                 (defaults stay below Linux's ephemeral range, 32768+, so
+#                                 outgoing connections never hold them)
+#   STEPSCOPE_LOCAL_PORT_BASE     first of 30 ports for the nodes' other servers       (PORT+1)
+#                                 node i (head 0, a100 1, h100 2) uses BASE+10*i+0..7
+#   STEPSCOPE_LOCAL_DIR           Ray --temp-dir of all three nodes, plus this script's
+#                                 state and logs; must be short (unix socket paths)
+#                                 (/tmp/stepscope-ray-<uid>-<PORT>)
+#   STEPSCOPE_LOCAL_AUTH          token | disabled                                      (token)
+#   STEPSCOPE_LOCAL_HEAD_CPUS     logical CPUs of the head                              (1)
+#   STEPSCOPE_LOCAL_WORKER_CPUS   logical CPUs of each GPU worker                       (1)
+#   STEPSCOPE_LOCAL_OBJECT_STORE  object store bytes per node                           (100000000)
+#   STEPSCOPE_LOCAL_DASHBOARD     1 to start the dashboard (Ray Jobs API) on BASE+7     (0)
+#   STEPSCOPE_LOCAL_TIMEOUT       seconds to wait for the nodes                         (90)
+#   STEPSCOPE_LOCAL_KEEP_LOGS     1: `down` keeps STEPSCOPE_LOCAL_DIR (logs) on disk    (0)
+#   STEPSCOPE_RAY, STEPSCOPE_PYTHON   the `ray` CLI and the Python that has ray installed
+#                                 (`ray` on PATH, and the python beside it)
+#
+# How `down` finds exactly these processes: every process of this cluster inherits the
+# environment variable STEPSCOPE_LOCAL_CLUSTER=<STEPSCOPE_LOCAL_DIR> (Ray renames its
+# processes, e.g. `ray::IDLE`, but cannot change what they inherited), and each node runs in
+# its own session/process group whose leader's PID is recorded in <DIR>/nodes. `down` sends
+# SIGTERM to the workers' groups, then the head's, then SIGKILL to anything left that carries
+# the marker, and checks that nothing remains. Other Ray clusters on the machine are not touched.
+
+set -euo pipefail
+
+usage() {
+  cat >&2 <<'EOF'
+usage: deploy/local-cluster.sh up|down|status
+
+  up       start a Ray head and two fake-GPU workers (A100, H100) on this machine
+  status   show this cluster's nodes; exit 0 when all three are alive
+  down     stop exactly this cluster's processes
+
+Settings come from STEPSCOPE_LOCAL_* environment variables; see the top of this script.
+EOF
+  exit 2
+}
+
+[ $# -eq 1 ] || usage
+case "$1" in
+  up | down | status) CMD=$1 ;;
+  -h | --help | help) usage ;;
+  *) usage ;;
+esac
+
+PORT=${STEPSCOPE_LOCAL_PORT:-26379}
+PORT_BASE=${STEPSCOPE_LOCAL_PORT_BASE:-$((PORT + 1))}
+DIR=${STEPSCOPE_LOCAL_DIR:-/tmp/stepscope-ray-$(id -u)-$PORT}
+AUTH=${STEPSCOPE_LOCAL_AUTH:-token}
+HEAD_CPUS=${STEPSCOPE_LOCAL_HEAD_CPUS:-1}
+WORKER_CPUS=${STEPSCOPE_LOCAL_WORKER_CPUS:-1}
+OBJECT_STORE=${STEPSCOPE_LOCAL_OBJECT_STORE:-100000000}
+DASHBOARD=${STEPSCOPE_LOCAL_DASHBOARD:-0}
+TIMEOUT=${STEPSCOPE_LOCAL_TIMEOUT:-90}
+KEEP_LOGS=${STEPSCOPE_LOCAL_KEEP_LOGS:-0}
+ADDRESS=127.0.0.1:$PORT
+NODES_FILE=$DIR/nodes
+MARKER=STEPSCOPE_LOCAL_CLUSTER=$DIR
+
+# name | accelerator type | precise model label
+WORKERS=("a100|A100|A100-SXM4-40GB" "h100|H100|H100-SXM-80GB")
+EXPECTED_NODES=$((1 + ${#WORKERS[@]}))
+
+case "$AUTH" in
+  token | disabled) ;;
+  *) echo "local-cluster: STEPSCOPE_LOCAL_AUTH must be 'token' or 'disabled', not '$AUTH'" >&2; exit 2 ;;
+esac
+
+log() { echo "local-cluster: $*" >&2; }
+
+find_ray() {
+  RAY=${STEPSCOPE_RAY:-$(command -v ray || true)}
+  if [ -z "$RAY" ] || [ ! -x "$RAY" ]; then
+    log "no 'ray' CLI found; activate the environment that has ray[default] or set STEPSCOPE_RAY"
+    exit 1
+  fi
+  PY=${STEPSCOPE_PYTHON:-}
+  if [ -z "$PY" ]; then
+    PY=$(dirname "$RAY")/python
+    [ -x "$PY" ] || PY=$(command -v python3)
+  fi
+}
+
+# PIDs of every live process that carries this cluster's marker in its environment.
+marked_pids() {
+  local p pid
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] && continue
+    if { tr '\0' '\n' <"$p/environ" | grep -qxF "$MARKER"; } 2>/dev/null; then
+      echo "$pid"
+    fi
+  done
+}
+
+# "name pid" lines of the recorded node leaders that are still alive.
+live_nodes() {
+  [ -f "$NODES_FILE" ] || return 0
+  local name pid
+  while read -r name pid; do
+    [ -n "${pid:-}" ] && kill -0 "$pid" 2>/dev/null && echo "$name $pid"
+  done <"$NODES_FILE"
+  return 0
+}
+
+# auth_env [generate]: the auth mode of this cluster, for its nodes and for our own driver.
+auth_env() {
+  export RAY_AUTH_MODE=$AUTH
+  if [ "$AUTH" = token ] && [ "${1:-}" = generate ]; then
+    # Creates ~/.ray/auth_token only if no token exists; prints the token, hence /dev/null.
+    "$RAY" get-auth-token --generate >/dev/null
+  fi
+}
+
+# query WANT TIMEOUT: connect as a driver, wait up to TIMEOUT s for WANT alive nodes, list
+# the alive nodes; exit 0 when there are at least WANT.
+query() {
+  "$PY" - "$ADDRESS" "$@" <<'PYEOF'
+import logging, sys, time
+import ray
+
+address, want, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+
+def alive():
+    return [n for n in ray.nodes() if n["Alive"]]
+
+deadline = time.monotonic() + timeout
+while len(alive()) < want and time.monotonic() < deadline:
+    time.sleep(0.5)
+nodes = alive()
+for n in sorted(nodes, key=lambda n: n["Resources"].get("GPU", 0)):
+    res = n["Resources"]
+    tags = sorted(k for k in res if k.startswith(("accelerator_type:", "gpu_model:")))
+    kind = "head" if "node:__internal_head__" in res else "worker"
+    print(f"  {kind:6} {n['NodeID']}  CPU={res.get('CPU', 0):g} GPU={res.get('GPU', 0):g} {' '.join(tags)}")
+sys.exit(0 if len(nodes) >= want else 1)
+PYEOF
+}
+
+check_ports_free() {
+  "$PY" - "$PORT" "$PORT_BASE" <<'PYEOF'
+import socket, sys
+port, base = int(sys.argv[1]), int(sys.argv[2])
+busy = []
+for p in [port] + list(range(base, base + 30)):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+    try:
+        s.bind(("0.0.0.0", p))
+    except OSError:
+        busy.append(p)
+    finally:
+        s.close()
+if busy:
+    print(f"local-cluster: ports in use: {busy}; choose others with STEPSCOPE_LOCAL_PORT / "
+          "STEPSCOPE_LOCAL_PORT_BASE", file=sys.stderr)
+    sys.exit(1)
+PYEOF
+}
+
+# start_node NAME INDEX ARGS...: `ray start --block` as the leader of a new session, in the
+# background; returns once the node reports "Ray runtime started" (nodes are started one at a
+# time: two raylets starting at once in one session directory race for the same socket names).
+start_node() {
+  local name=$1 index=$2
+  shift 2
+  local b=$((PORT_BASE + 10 * index)) node_log=$DIR/$name.log
+  env "$MARKER" "$PY" -c 'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])' \
+    "$RAY" start --block --temp-dir="$DIR" --disable-usage-stats \
+    --object-store-memory="$OBJECT_STORE" \
+    --node-manager-port=$b --object-manager-port=$((b + 1)) \
+    --dashboard-agent-listen-port=$((b + 2)) --dashboard-agent-grpc-port=$((b + 3)) \
+    --metrics-export-port=$((b + 4)) --runtime-env-agent-port=$((b + 5)) \
+    --min-worker-port=0 --max-worker-port=0 \
+    "$@" >"$node_log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$name $pid" >>"$NODES_FILE"
+  local deadline=$((SECONDS + TIMEOUT))
+  until grep -q "Ray runtime started" "$node_log" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      log "node '$name' did not start; the end of $node_log:"
+      tail -n 20 "$node_log" >&2 || true
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "started $name (pid $pid)"
+}
+
+stop_group() { # stop_group SIGNAL PID: signal the node's whole process group
+  kill "-$1" -- "-$2" 2>/dev/null || true
+}
+
+wait_gone() { # wait_gone SECONDS PID...: true once none of the PIDs is alive
+  local deadline=$((SECONDS + $1)) p alive
+  shift
+  while :; do
+    alive=0
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1 && break; done
+    [ $alive -eq 0 ] && return 0
+    [ $SECONDS -ge $deadline ] && return 1
+    sleep 0.5
+  done
+}
+
+cmd_down() {
+  local name pid heads=() workers=() left
+  while read -r name pid; do
+    if [ "$name" = head ]; then heads+=("$pid"); else workers+=("$pid"); fi
+  done < <(live_nodes)
+  left=$(marked_pids)
+  if [ ${#heads[@]} -eq 0 ] && [ ${#workers[@]} -eq 0 ] && [ -z "$left" ]; then
+    log "not running (no process of $DIR)"
+    [ "$KEEP_LOGS" = 1 ] || rm -rf "$DIR"
+    return 0
+  fi
+  # Workers first, so the head does not spend its shutdown waiting for them.
+  for pid in "${workers[@]}"; do stop_group TERM "$pid"; done
+  [ ${#workers[@]} -eq 0 ] || wait_gone 15 "${workers[@]}" || true
+  for pid in "${heads[@]}"; do stop_group TERM "$pid"; done
+  [ ${#heads[@]} -eq 0 ] || wait_gone 15 "${heads[@]}" || true
+  # Whatever is left (a leader stuck in its shutdown, a worker process in another group).
+  for pid in "${workers[@]}" "${heads[@]}"; do stop_group KILL "$pid"; done
+  left=$(marked_pids)
+  if [ -n "$left" ]; then
+    # shellcheck disable=SC2086
+    kill -KILL $left 2>/dev/null || true
+    # shellcheck disable=SC2086
+    wait_gone 10 $left || true
+  fi
+  left=$(marked_pids)
+  if [ -n "$left" ]; then
+    log "processes still alive after SIGKILL: $(echo $left)"
+    return 1
+  fi
+  [ "$KEEP_LOGS" = 1 ] || rm -rf "$DIR"
+  log "stopped; no process of $DIR remains"
+}
+
+cmd_up() {
+  if [ -n "$(live_nodes)" ]; then
+    log "already up ($DIR); use 'status' or 'down'"
+    print_address
+    return 0
+  fi
+  if [ ${#DIR} -gt 60 ]; then
+    log "STEPSCOPE_LOCAL_DIR is too long (${#DIR} > 60 characters): Ray's unix socket paths would not fit"
+    exit 2
+  fi
+  if [ -n "$(marked_pids)" ]; then
+    log "stray processes of $DIR are still running; run 'down' first"
+    exit 1
+  fi
+  check_ports_free
+  auth_env generate
+  rm -rf "$DIR"
+  mkdir -p "$DIR"
+  : >"$NODES_FILE"
+  local head_args=(--head --port="$PORT" --num-cpus="$HEAD_CPUS" --num-gpus=0
+    --ray-client-server-port=$((PORT_BASE + 6)) --dashboard-port=$((PORT_BASE + 7)))
+  if [ "$DASHBOARD" = 1 ]; then
+    head_args+=(--include-dashboard=true --dashboard-host=127.0.0.1)
+  else
+    head_args+=(--include-dashboard=false)
+  fi
+  start_node head 0 "${head_args[@]}" || { cmd_down; exit 1; }
+  local i=1 spec name accel model
+  for spec in "${WORKERS[@]}"; do
+    IFS='|' read -r name accel model <<<"$spec"
+    start_node "$name" "$i" --address="$ADDRESS" --num-cpus="$WORKER_CPUS" --num-gpus=1 \
+      --resources="{\"accelerator_type:$accel\": 1, \"gpu_model:$model\": 1}" ||
+      { cmd_down; exit 1; }
+    i=$((i + 1))
+  done
+  log "waiting for $EXPECTED_NODES alive nodes"
+  if ! query "$EXPECTED_NODES" "$TIMEOUT"; then
+    log "fewer than $EXPECTED_NODES nodes alive after ${TIMEOUT}s; logs in $DIR"
+    cmd_down
+    exit 1
+  fi
+  print_address
+}
+
+print_address() {
+  echo "address: $ADDRESS"
+  echo "  stepscope run SPEC --address $ADDRESS"
+  if [ "$AUTH" = token ]; then
+    echo "  drivers need: export RAY_AUTH_MODE=token   (token read from ~/.ray/auth_token)"
+  fi
+  if [ "$DASHBOARD" = 1 ]; then
+    echo "  dashboard / Ray Jobs API: http://127.0.0.1:$((PORT_BASE + 7))"
+  fi
+}
+
+cmd_status() {
+  local nodes
+  nodes=$(live_nodes)
+  if [ -z "$nodes" ]; then
+    echo "down ($DIR)"
+    return 1
+  fi
+  echo "node processes (name pid):"
+  echo "$nodes" | sed 's/^/  /'
+  auth_env
+  echo "Ray nodes at $ADDRESS:"
+  if query "$EXPECTED_NODES" 0 && [ "$(echo "$nodes" | wc -l)" -eq "$EXPECTED_NODES" ]; then
+    print_address
+    return 0
+  fi
+  return 1
+}
+
+find_ray
+case "$CMD" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+esac
