@@ -44,15 +44,18 @@
 #   STEPSCOPE_LOCAL_DASHBOARD     1 to start the dashboard (Ray Jobs API) on BASE+7     (0)
 #   STEPSCOPE_LOCAL_TIMEOUT       seconds to wait for the nodes                         (90)
 #   STEPSCOPE_LOCAL_KEEP_LOGS     1: `down` keeps STEPSCOPE_LOCAL_DIR (logs) on disk    (0)
+#   STEPSCOPE_LOCAL_GRACE         seconds `down` waits after SIGTERM, per phase         (10)
 #   STEPSCOPE_RAY, STEPSCOPE_PYTHON   the `ray` CLI and the Python that has ray installed
 #                                 (`ray` on PATH, and the python beside it)
 #
-# How `down` finds exactly these processes: every process of this cluster inherits the
-# environment variable STEPSCOPE_LOCAL_CLUSTER=<STEPSCOPE_LOCAL_DIR> (Ray renames its
-# processes, e.g. `ray::IDLE`, but cannot change what they inherited), and each node runs in
-# its own session/process group whose leader's PID is recorded in <DIR>/nodes. `down` sends
-# SIGTERM to the workers' groups, then the head's, then SIGKILL to anything left that carries
-# the marker, and checks that nothing remains. Other Ray clusters on the machine are not touched.
+# How `down` stops exactly these processes and nothing else (never `ray stop`, which stops
+# every Ray on the machine): each node's `ray start --block` is started as the leader of a new
+# session, and its PID is recorded in <DIR>/nodes. Every Ray process of the node (GCS, raylet,
+# agents, and the workers, which Ray moves into process groups of their own) stays in that
+# session. `down` sends SIGTERM to the workers' sessions, then the head's, then SIGKILL to
+# whatever is left, including any process that carries the environment variable
+# STEPSCOPE_LOCAL_CLUSTER=<DIR> that `up` gives every node; then it checks that none remains.
+# Linux only (it reads /proc).
 
 set -euo pipefail
 
@@ -86,6 +89,7 @@ OBJECT_STORE=${STEPSCOPE_LOCAL_OBJECT_STORE:-100000000}
 DASHBOARD=${STEPSCOPE_LOCAL_DASHBOARD:-0}
 TIMEOUT=${STEPSCOPE_LOCAL_TIMEOUT:-90}
 KEEP_LOGS=${STEPSCOPE_LOCAL_KEEP_LOGS:-0}
+GRACE=${STEPSCOPE_LOCAL_GRACE:-10}
 ADDRESS=127.0.0.1:$PORT
 NODES_FILE=$DIR/nodes
 MARKER=STEPSCOPE_LOCAL_CLUSTER=$DIR
@@ -114,16 +118,48 @@ find_ray() {
   fi
 }
 
-# PIDs of every live process that carries this cluster's marker in its environment.
-marked_pids() {
-  local p pid
+# pids_of [marker]: PIDs of every live process in the sessions whose leaders are in LEADERS
+# (the `ray start` of each node) and, with `marker`, of any process that still shows this
+# cluster's marker in its environment. The session is the
+# reliable part: Ray moves its workers into process groups of their own (setpgid) but never
+# into a new session, while the environment check alone can miss processes whose title Ray
+# rewrote (setproctitle may overwrite the memory /proc/PID/environ reads).
+pids_of() {
+  local mode=${1:-} p pid stat rest sid leader
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
     [ "$pid" = "$$" ] && continue
-    if { tr '\0' '\n' <"$p/environ" | grep -qxF "$MARKER"; } 2>/dev/null; then
+    stat=$(cat "$p/stat" 2>/dev/null) || continue
+    rest=${stat##*) } # the fields after "(comm)"; comm itself may contain spaces
+    # shellcheck disable=SC2086
+    set -- $rest
+    [ "${1:-}" = Z ] && continue # a zombie is dead already, only not yet reaped
+    sid=${4:-}
+    for leader in "${LEADERS[@]}"; do
+      if [ "$sid" = "$leader" ]; then
+        echo "$pid"
+        continue 2
+      fi
+    done
+    if [ "$mode" = marker ] && { tr '\0' '\n' <"$p/environ" | grep -qxF "$MARKER"; } 2>/dev/null; then
       echo "$pid"
     fi
   done
+}
+
+LEADERS=()
+HEAD_LEADERS=()
+WORKER_LEADERS=()
+# The recorded `ray start` PIDs, alive or not (a dead leader's session can outlive it).
+load_leaders() {
+  local name pid
+  LEADERS=() HEAD_LEADERS=() WORKER_LEADERS=()
+  [ -f "$NODES_FILE" ] || return 0
+  while read -r name pid; do
+    [ -n "${pid:-}" ] || continue
+    if [ "$name" = head ]; then HEAD_LEADERS+=("$pid"); else WORKER_LEADERS+=("$pid"); fi
+    LEADERS+=("$pid")
+  done <"$NODES_FILE"
 }
 
 # "name pid" lines of the recorded node leaders that are still alive.
@@ -221,48 +257,54 @@ start_node() {
   log "started $name (pid $pid)"
 }
 
-stop_group() { # stop_group SIGNAL PID: signal the node's whole process group
-  kill "-$1" -- "-$2" 2>/dev/null || true
+is_alive() { # a live process, not a zombie
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
 }
 
-wait_gone() { # wait_gone SECONDS PID...: true once none of the PIDs is alive
-  local deadline=$((SECONDS + $1)) p alive
-  shift
+# signal_and_wait SIGNAL SECONDS [marker]: signal every process pids_of finds, then wait up to
+# SECONDS for them to be gone. True when none is left.
+signal_and_wait() {
+  local sig=$1 mode=${3:-} pids deadline=$((SECONDS + $2))
+  pids=$(pids_of "$mode")
+  [ -z "$pids" ] && return 0
+  # shellcheck disable=SC2086
+  kill "-$sig" $pids 2>/dev/null || true
+  local p alive
   while :; do
     alive=0
-    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1 && break; done
+    for p in $pids; do is_alive "$p" && alive=1 && break; done
     [ $alive -eq 0 ] && return 0
     [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.5
+    sleep 0.25
   done
 }
 
 cmd_down() {
-  local name pid heads=() workers=() left
-  while read -r name pid; do
-    if [ "$name" = head ]; then heads+=("$pid"); else workers+=("$pid"); fi
-  done < <(live_nodes)
-  left=$(marked_pids)
-  if [ ${#heads[@]} -eq 0 ] && [ ${#workers[@]} -eq 0 ] && [ -z "$left" ]; then
+  load_leaders
+  if [ -z "$(pids_of marker)" ]; then
     log "not running (no process of $DIR)"
     [ "$KEEP_LOGS" = 1 ] || rm -rf "$DIR"
     return 0
   fi
-  # Workers first, so the head does not spend its shutdown waiting for them.
-  for pid in "${workers[@]}"; do stop_group TERM "$pid"; done
-  [ ${#workers[@]} -eq 0 ] || wait_gone 15 "${workers[@]}" || true
-  for pid in "${heads[@]}"; do stop_group TERM "$pid"; done
-  [ ${#heads[@]} -eq 0 ] || wait_gone 15 "${heads[@]}" || true
-  # Whatever is left (a leader stuck in its shutdown, a worker process in another group).
-  for pid in "${workers[@]}" "${heads[@]}"; do stop_group KILL "$pid"; done
-  left=$(marked_pids)
+  local all=("${LEADERS[@]}")
+  # Workers first, so the head does not spend its shutdown waiting for them; SIGTERM lets
+  # each Ray process exit cleanly, SIGKILL takes whatever did not within the grace period.
+  local t0=$SECONDS left
+  LEADERS=("${WORKER_LEADERS[@]}")
+  signal_and_wait TERM "$GRACE" || log "worker nodes: still running ${GRACE}s after SIGTERM"
+  LEADERS=("${HEAD_LEADERS[@]}")
+  signal_and_wait TERM "$GRACE" || log "head node: still running ${GRACE}s after SIGTERM"
+  LEADERS=("${all[@]}")
+  left=$(pids_of marker)
   if [ -n "$left" ]; then
-    # shellcheck disable=SC2086
-    kill -KILL $left 2>/dev/null || true
-    # shellcheck disable=SC2086
-    wait_gone 10 $left || true
+    log "SIGKILL to $(echo "$left" | wc -l) remaining process(es)"
+    signal_and_wait KILL 10 marker || true
   fi
-  left=$(marked_pids)
+  log "shutdown took $((SECONDS - t0))s"
+  left=$(pids_of marker)
   if [ -n "$left" ]; then
     log "processes still alive after SIGKILL: $(echo $left)"
     return 1
@@ -281,7 +323,8 @@ cmd_up() {
     log "STEPSCOPE_LOCAL_DIR is too long (${#DIR} > 60 characters): Ray's unix socket paths would not fit"
     exit 2
   fi
-  if [ -n "$(marked_pids)" ]; then
+  load_leaders
+  if [ -n "$(pids_of marker)" ]; then
     log "stray processes of $DIR are still running; run 'down' first"
     exit 1
   fi
@@ -297,19 +340,19 @@ cmd_up() {
   else
     head_args+=(--include-dashboard=false)
   fi
-  start_node head 0 "${head_args[@]}" || { cmd_down; exit 1; }
+  start_node head 0 "${head_args[@]}" || { KEEP_LOGS=1 cmd_down || true; exit 1; }
   local i=1 spec name accel model
   for spec in "${WORKERS[@]}"; do
     IFS='|' read -r name accel model <<<"$spec"
     start_node "$name" "$i" --address="$ADDRESS" --num-cpus="$WORKER_CPUS" --num-gpus=1 \
       --resources="{\"accelerator_type:$accel\": 1, \"gpu_model:$model\": 1}" ||
-      { cmd_down; exit 1; }
+      { KEEP_LOGS=1 cmd_down || true; exit 1; }
     i=$((i + 1))
   done
   log "waiting for $EXPECTED_NODES alive nodes"
   if ! query "$EXPECTED_NODES" "$TIMEOUT"; then
-    log "fewer than $EXPECTED_NODES nodes alive after ${TIMEOUT}s; logs in $DIR"
-    cmd_down
+    log "fewer than $EXPECTED_NODES nodes alive after ${TIMEOUT}s; see the logs in $DIR"
+    KEEP_LOGS=1 cmd_down || true
     exit 1
   fi
   print_address

@@ -40,12 +40,13 @@ class _Group(click.Group):
             raise
         except Exception as exc:  # the one boundary where errors become messages
             from analysis.queries import QueryError
+            from orchestrator.jobs import JobError
             from orchestrator.scheduler import SchedulerError
 
             debug = (ctx.obj or {}).get("debug")
             if debug:
                 traceback.print_exc()
-            if isinstance(exc, (SpecError, StoreError, QueryError, SchedulerError, ParamError)):
+            if isinstance(exc, (SpecError, StoreError, QueryError, SchedulerError, ParamError, JobError)):
                 # One line: DuckDB's messages carry a caret diagram below the first line.
                 first = next((ln for ln in str(exc).splitlines() if ln.strip()), str(exc))
                 click.echo(f"Error: {first}", err=True)
@@ -122,11 +123,10 @@ class _PrintProgress:
             what = f"{o.samples_per_s:>10,.1f} samples/s"
         else:
             what = (o.error or "")[:100]
-        gpu = f" on {o.trial.gpu}" if o.trial.gpu else ""
         eta = f"  ETA {_duration(snap.eta_s)}" if snap.eta_s and snap.done < snap.total else ""
         self._clear()
         click.echo(
-            f"[{snap.done:>{width}}/{snap.total}] {o.status:<7} {o.trial.label:<28} {what}  ({o.seconds:.1f}s{gpu}){eta}",
+            f"[{snap.done:>{width}}/{snap.total}] {o.status:<7} {o.trial.label:<28} {what}  ({o.seconds:.1f}s){eta}",
             err=True,
         )
         self.tick(snap, force=True)
@@ -206,10 +206,11 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
     """
     from orchestrator.grid import expand
     from orchestrator.resume import pick_sweep
-    from orchestrator.scheduler import Session, plan_trials, run_sweep
+    from orchestrator.scheduler import Session, plan_trials, run_sweep, search_paths
 
     spec = load_spec(spec_path)
     _check_custom_workloads(spec, expand(spec))
+    paths = search_paths(spec)  # before Ray starts: a Ray job's cwd is replaced under it
     st = Store(resolve_store(store))
     chosen = pick_sweep(st, spec, sweep_id=sweep_id, resume=resume)
     if resume and chosen.new:
@@ -219,7 +220,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
             trials, _ = plan_trials(spec, session.nodes())
             outcome = run_sweep(
                 session, spec, trials, st, sweep_id=chosen.sweep_id, done_ids=chosen.done_ids,
-                progress=_PrintProgress(), new_sweep=chosen.new, trial_timeout=trial_timeout,
+                progress=_PrintProgress(), new_sweep=chosen.new, trial_timeout=trial_timeout, paths=paths,
             )
     except KeyboardInterrupt:
         outcome = None
@@ -249,6 +250,138 @@ def _summary(outcome, st: Store) -> None:
             click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")
     where = f" --store {st.location}" if st.location != resolve_store(None) else ""
     click.echo(f"results in {st.location}; try: stepscope query phase_shares{where}")
+
+
+# ---------------------------------------------------------------- submit / jobs
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--address", default=None, help="The cluster's job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS).")
+@click.option("--store", default=None, metavar="URI", help="Where the job writes: an s3:// (or other) URI, or an absolute path on a shared mount (default: $STEPSCOPE_STORE).")
+@click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Passed on to `stepscope run`.")
+@click.option("--resume", is_flag=True, help="Passed on to `stepscope run`.")
+@click.option("--wait", is_flag=True, help="Follow the job's output until it ends; exit 0 if it succeeded.")
+def submit(spec_path: str, address: str | None, store: str | None, trial_timeout: float | None, resume: bool, wait: bool) -> None:
+    """Submit the sweep in SPEC as a Ray job: its driver runs on the cluster.
+
+    The spec and the custom workload modules it names travel with the job.
+
+    Example:
+
+        stepscope submit sweep.yaml --address http://head:8265 --store s3://bucket/results --wait
+        stepscope jobs logs JOB_ID --address http://head:8265
+    """
+    from orchestrator import jobs
+    from orchestrator.grid import expand
+    from orchestrator.scheduler import search_paths
+
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    _check_custom_workloads(spec, trials)
+    location = store or os.environ.get("STEPSCOPE_STORE")
+    if not location:
+        raise StoreError("--store: a submitted sweep needs a store the cluster can reach, e.g. s3://bucket/prefix")
+    job_id = jobs.submit(spec, trials, search_paths(spec), address=address, store=location,
+                         trial_timeout=trial_timeout, resume=resume,
+                         debug=click.get_current_context().find_root().obj.get("debug", False))
+    click.echo(job_id)
+    where = jobs.jobs_address(address)
+    click.echo(f"submitted; follow it with: stepscope jobs logs {job_id} --follow --address {where}", err=True)
+    if wait:
+        sys.exit(_follow(jobs.client(address), job_id))
+
+
+def _follow(jc, job_id: str) -> int:
+    import asyncio
+
+    async def tail() -> None:
+        async for chunk in jc.tail_job_logs(job_id):
+            click.echo(chunk, nl=False)
+
+    asyncio.run(tail())
+    status = str(jc.get_job_status(job_id)).rsplit(".", 1)[-1]
+    click.echo(f"job {job_id}: {status}", err=True)
+    return EXIT_OK if status == "SUCCEEDED" else EXIT_TRIALS_FAILED
+
+
+@cli.group()
+def jobs() -> None:
+    """Follow and control sweeps submitted with `stepscope submit`.
+
+    Example:
+
+        stepscope jobs status raysubmit_XYZ --address http://head:8265
+    """
+
+
+_job_address = click.option("--address", default=None, help="The cluster's job server, e.g. http://HEAD:8265.")
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_job_address
+def jobs_status(job_id: str, address: str | None) -> None:
+    """Print a submitted sweep's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
+
+    Example:
+
+        stepscope jobs status raysubmit_XYZ --address http://head:8265
+    """
+    from orchestrator import jobs as j
+
+    info = _job_call(lambda: j.client(address).get_job_info(job_id), job_id)
+    status = str(info.status).rsplit(".", 1)[-1]
+    message = f": {info.message}" if info.message else ""
+    click.echo(f"{job_id}: {status}{message}")
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@_job_address
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
+    """Print a submitted sweep's output.
+
+    Example:
+
+        stepscope jobs logs raysubmit_XYZ --follow --address http://head:8265
+    """
+    from orchestrator import jobs as j
+
+    jc = j.client(address)
+    if follow:
+        sys.exit(_job_call(lambda: _follow(jc, job_id), job_id))
+    click.echo(_job_call(lambda: jc.get_job_logs(job_id), job_id), nl=False)
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_job_address
+def jobs_stop(job_id: str, address: str | None) -> None:
+    """Stop a submitted sweep; finished trials stay stored (resume it with --resume).
+
+    Example:
+
+        stepscope jobs stop raysubmit_XYZ --address http://head:8265
+    """
+    from orchestrator import jobs as j
+
+    stopped = _job_call(lambda: j.client(address).stop_job(job_id), job_id)
+    click.echo(f"{job_id}: {'stopping' if stopped else 'already ended'}")
+
+
+def _job_call(fn, job_id: str):
+    from orchestrator.jobs import JobError
+
+    try:
+        return fn()
+    except RuntimeError as exc:
+        text = str(exc)
+        if "does not exist" in text or "404" in text:
+            raise JobError(f"no job {job_id!r} on this cluster") from None
+        raise JobError(text.splitlines()[0]) from None
 
 
 # ---------------------------------------------------------------- trial

@@ -110,7 +110,7 @@ def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None
         "name": spec.name,
         "spec": spec.text,
         "spec_hash": spec.spec_hash,
-        "spec_path": None if spec.directory is None else os.path.abspath(spec.source),
+        "spec_path": spec.abs_path,
         "created_at": dt.datetime.now(dt.timezone.utc),
         "trial_count": n_trials,
         "isolation": spec.isolation,
@@ -121,9 +121,9 @@ def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None
     }
 
 
-def search_paths(spec: SweepSpec) -> list[str]:
+def search_paths(spec: SweepSpec, cwd: str | None = None) -> list[str]:
     """Where a custom workload module may sit: beside the spec, then the current directory."""
-    paths = [spec.directory, os.getcwd()]
+    paths = [spec.directory, cwd or os.getcwd()]
     return [p for p in paths if p]
 
 
@@ -230,8 +230,13 @@ def run_sweep(
     progress: Progress | None = None,
     new_sweep: bool = True,
     trial_timeout: float | None = None,
+    paths: Sequence[str] = (),
 ) -> SweepOutcome:
-    """Run every trial not in `done_ids` on the session's cluster and write its rows."""
+    """Run every trial not in `done_ids` on the session's cluster and write its rows.
+
+    `paths`: where workers look for custom workload modules, resolved before Ray
+    was started (in a Ray job, the driver's working directory is replaced under it).
+    """
     progress = progress or Progress()
     ray = session.ray
     todo = [t for t in trials if t.trial_id not in done_ids]
@@ -244,7 +249,7 @@ def run_sweep(
     if not todo:
         progress.started(sweep_id, len(trials), outcome.skipped, "nothing to run")
         return outcome
-    driver = _Driver(ray, spec, store, sweep_id, progress, outcome, trial_timeout)
+    driver = _Driver(ray, spec, store, sweep_id, progress, outcome, trial_timeout, list(paths))
     progress.started(sweep_id, len(trials), outcome.skipped, driver.describe(session.address, nodes))
     with _StopOnSignal() as stop:
         driver.run(todo, stop)
@@ -300,12 +305,12 @@ class _Running:
 
 
 class _Driver:
-    def __init__(self, ray, spec, store, sweep_id, progress, outcome, trial_timeout) -> None:
+    def __init__(self, ray, spec, store, sweep_id, progress, outcome, trial_timeout, paths) -> None:
         self.ray, self.spec, self.store, self.sweep_id = ray, spec, store, sweep_id
         self.progress, self.outcome, self.trial_timeout = progress, outcome, trial_timeout
         # max_calls=1: the worker process exits after one trial, so nothing leaks into the next.
         self.task = ray.remote(max_calls=1 if spec.isolation == "process" else 0)(_remote_trial)
-        self.paths = search_paths(spec)
+        self.paths = paths
         self.queues: dict[str | None, deque] = {}  # GPU type -> (trial, attempt) waiting
         self.running: dict = {}  # ObjectRef -> _Running
         self.nodes: list[cluster.Node] = []

@@ -6,6 +6,7 @@ so the CLI can print it as one line.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -47,13 +48,13 @@ class SweepSpec:
     text: str  # the YAML as written
     source: str  # the path it came from, for messages ("<string>" if none)
     gpus_each: bool = False  # `gpus: each`: every GPU type the cluster has when the sweep starts
+    abs_path: str | None = None  # resolved when loaded: a Ray job's cwd can vanish later
+
 
     @property
     def directory(self) -> str | None:
         """The spec's directory: custom workload modules beside the spec are importable."""
-        if self.source.startswith("<"):
-            return None
-        return os.path.dirname(os.path.abspath(self.source))
+        return os.path.dirname(self.abs_path) if self.abs_path else None
 
     @property
     def spec_hash(self) -> str:
@@ -77,7 +78,7 @@ def load_spec(path: str) -> SweepSpec:
         raise SpecError(path, "", "no such file; give the path of a sweep spec (YAML)") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(path, "", f"cannot read it as text ({exc.__class__.__name__})") from None
-    return parse_spec(text, source=path)
+    return dataclasses.replace(parse_spec(text, source=path), abs_path=os.path.abspath(path))
 
 
 def parse_spec(text: str, source: str = "<string>") -> SweepSpec:

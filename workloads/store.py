@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -43,18 +43,19 @@ class Store:
     """Where results live. `location` is what the user typed: a path or a URI."""
 
     location: str
+    #: The absolute directory of a local store (None for a URI store), resolved once,
+    #: when the store is named: workers elsewhere, or a driver whose working
+    #: directory has changed, must write to the same place.
+    local_root: str | None = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.location:
             raise StoreError("--store: empty store location; give a directory or a URI")
-
-    @property
-    def local_root(self) -> str | None:
-        """The absolute directory of a local store, or None for a URI store."""
-        if is_uri(self.location):
-            return None
-        path = self.location.removeprefix("file://")
-        return os.path.abspath(os.path.expanduser(path))
+        root = None
+        if not is_uri(self.location):
+            path = self.location.removeprefix("file://")
+            root = os.path.abspath(os.path.expanduser(path))
+        object.__setattr__(self, "local_root", root)
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         root = self.local_root

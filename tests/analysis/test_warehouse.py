@@ -125,9 +125,9 @@ def test_a_column_no_file_has_yet_is_still_there(store, rows):
 class SubTreeStore(Store):
     """A store reached through a pyarrow filesystem, as a URI store is (s3://...)."""
 
-    @property
-    def local_root(self) -> str | None:
-        return None
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "local_root", None)
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         return pafs.SubTreeFileSystem(self.location, pafs.LocalFileSystem()), "prefix"

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +30,74 @@ def stepscope(tmp_path):
         return proc
 
     return run
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "deploy" / "local-cluster.sh"
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A head and two fake-GPU workers (A100, H100) started by deploy/local-cluster.sh."""
+
+    port: int
+    directory: str
+    env: dict  # what a driver on this host needs (token authentication stays on)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.port + 7}"
+
+    @property
+    def jobs_address(self) -> str:
+        return f"http://127.0.0.1:{self.port + 8}"
+
+    def node_pids(self) -> dict[str, int]:
+        lines = Path(self.directory, "nodes").read_text().split("\n")
+        return {name: int(pid) for name, pid in (ln.split() for ln in lines if ln.strip())}
+
+
+def _free_port_block(size: int = 40) -> int:
+    """A port whose next `size` ports are free too, below the ephemeral range."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - size)
+        try:
+            for p in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports")
+
+
+@contextmanager
+def local_cluster_up():
+    port = _free_port_block()
+    directory = f"/tmp/ssc-{port}"
+    env = {**os.environ, "STEPSCOPE_LOCAL_PORT": str(port), "STEPSCOPE_LOCAL_DIR": directory,
+           "STEPSCOPE_LOCAL_DASHBOARD": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    up = subprocess.run(["bash", str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=240)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield LocalCluster(port, directory, {"RAY_AUTH_MODE": "token"})
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    with local_cluster_up() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A cluster of its own, for a test that breaks it."""
+    with local_cluster_up() as cluster:
+        yield cluster

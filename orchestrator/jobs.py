@@ -1,0 +1,119 @@
+"""`stepscope submit`: run a sweep's driver on the cluster through the Ray Jobs API.
+
+The job carries a small working directory: the spec and the custom workload
+modules it names (found beside the spec, in the current directory or on
+PYTHONPATH), nothing else, so a spec that sits in a big folder uploads only
+what it needs. The job's entrypoint is `stepscope run SPEC` there; its tasks
+inherit the working directory, so every worker can import those modules.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from orchestrator.spec import SpecError, SweepSpec
+from workloads.registry import is_custom
+from workloads.store import Store, StoreError, is_uri
+
+
+class JobError(RuntimeError):
+    """The job server cannot be reached or refuses the request."""
+
+
+def jobs_address(address: str | None) -> str:
+    found = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not found or not found.startswith(("http://", "https://")):
+        raise JobError(
+            "--address: give the cluster's job server, e.g. http://HEAD:8265 "
+            "(or set RAY_API_SERVER_ADDRESS)"
+        )
+    return found
+
+
+def client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    where = jobs_address(address)
+    try:
+        return JobSubmissionClient(where)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise JobError(f"--address: cannot reach the Ray job server at {where}: {str(exc).splitlines()[0]}") from None
+
+
+def check_job_store(location: str) -> None:
+    """The job's driver runs on the cluster: a path relative to this machine means nothing there."""
+    Store(location)
+    if not is_uri(location) and not os.path.isabs(location.removeprefix("file://")):
+        raise StoreError(
+            f"--store {location}: the sweep's driver runs on the cluster, so give a store it can "
+            "reach: an object store URI (s3://bucket/prefix) or an absolute path on a shared mount"
+        )
+
+
+def module_files(spec: SweepSpec, names: list[str], paths: list[str]) -> list[str]:
+    """The file or package directory of each custom workload's top-level module."""
+    found = []
+    for name in names:
+        top = name.partition(":")[0].split(".")[0]
+        spec_obj = None
+        for base in paths:
+            candidate_pkg = os.path.join(base, top)
+            candidate_mod = os.path.join(base, f"{top}.py")
+            if os.path.isfile(os.path.join(candidate_pkg, "__init__.py")):
+                spec_obj = candidate_pkg
+                break
+            if os.path.isfile(candidate_mod):
+                spec_obj = candidate_mod
+                break
+        if spec_obj is None:
+            module = importlib.util.find_spec(top)
+            origin = getattr(module, "origin", None) if module else None
+            if not origin or origin in ("built-in", "frozen"):
+                raise SpecError(spec.source, "workload", f"cannot find module {top!r} to send with the job")
+            spec_obj = os.path.dirname(origin) if os.path.basename(origin) == "__init__.py" else origin
+        found.append(spec_obj)
+    return sorted(set(found))
+
+
+@contextmanager
+def staged(spec: SweepSpec, trials, paths: list[str]) -> Iterator[str]:
+    """A temporary working directory holding the spec and its custom modules."""
+    names = sorted({t.params["workload"] for t in trials if is_custom(t.params["workload"])})
+    with tempfile.TemporaryDirectory(prefix="stepscope-job-") as tmp:
+        shutil.copy(spec.source, os.path.join(tmp, os.path.basename(spec.source)))
+        for path in module_files(spec, names, paths):
+            dest = os.path.join(tmp, os.path.basename(path))
+            if os.path.isdir(path):
+                shutil.copytree(path, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy(path, dest)
+        yield tmp
+
+
+def submit(
+    spec: SweepSpec, trials, paths: list[str], *, address: str | None, store: str,
+    trial_timeout: float | None, resume: bool, debug: bool = False,
+) -> str:
+    check_job_store(store)
+    jc = client(address)
+    args = ["stepscope", *(["--debug"] if debug else []), "run", os.path.basename(spec.source), "--store", store]
+    if trial_timeout:
+        args += ["--trial-timeout", f"{trial_timeout:g}"]
+    if resume:
+        args.append("--resume")
+    entrypoint = " ".join(shlex.quote(a) for a in args)
+    with staged(spec, trials, paths) as workdir:
+        try:
+            return jc.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={"working_dir": workdir},
+                metadata={"stepscope_sweep": spec.name},
+            )
+        except (RuntimeError, ConnectionError, ValueError) as exc:
+            raise JobError(f"the job server refused the job: {str(exc).splitlines()[0]}") from None

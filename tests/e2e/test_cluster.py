@@ -1,0 +1,209 @@
+"""Sweeps on a real three-node Ray cluster on this machine (deploy/local-cluster.sh):
+a CPU head and two workers that each advertise a fake GPU of another type
+(A100 / A100-SXM4-40GB and H100 / H100-SXM-80GB). With no CUDA the runner runs on
+the CPU, but every row records the GPU type it asked for and the node it ran on.
+Token authentication stays on, as Ray 2.60 starts it; drivers set RAY_AUTH_MODE=token."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis.warehouse import connect
+
+pytestmark = pytest.mark.slow
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+A100_NODE_TYPES = {"A100", "A100-SXM4-40GB"}
+H100_NODE_TYPES = {"H100", "H100-SXM-80GB"}
+
+
+def q(store, sql):
+    return connect(str(store)).execute(sql).fetchall()
+
+
+def node_types(cluster) -> dict[str, set[str]]:
+    """node_id -> the GPU names it advertises, read from the cluster itself."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, ray\n"
+        f"ray.init(address={cluster.address!r}, logging_level='ERROR')\n"
+        "print(json.dumps({n['NodeID']: [k.split(':', 1)[1] for k in n['Resources'] "
+        "if k.startswith(('accelerator_type:', 'gpu_model:'))] for n in ray.nodes() if n['Alive']}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cluster.env},
+                         capture_output=True, text=True, check=True, timeout=60)
+    return {k: set(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+def assert_one_trial_per_gpu_at_a_time(store):
+    rows = q(store, "select node_id, started_at, ended_at from trials where status = 'ok' order by node_id, started_at")
+    by_node: dict[str, list] = {}
+    for node, start, end in rows:
+        by_node.setdefault(node, []).append((start, end))
+    for node, spans in by_node.items():
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert end <= start, f"two trials at once on {node}"
+
+
+def test_gpus_each_runs_the_grid_on_every_type(local_cluster, write_spec, stepscope, tmp_path):
+    spec = write_spec(
+        """
+        name: each
+        isolation: reuse
+        fixed: {workload: "sleepy:build", iterations: 3, warmup: 1, forward_ms: 30}
+        grid:
+          batch_size: [2, 4, 8]
+        gpus: each
+        """,
+        with_modules=("sleepy",),
+    )
+    plan = stepscope("plan", spec, check_rc=0)
+    assert "per GPU type the cluster has" in plan.stdout
+    run = stepscope("run", spec, "--address", local_cluster.address, "--store", "results", env=local_cluster.env, check_rc=0)
+    assert "A100-SXM4-40GB: 3 ok" in run.stdout and "H100-SXM-80GB: 3 ok" in run.stdout
+    types = node_types(local_cluster)
+    rows = q(tmp_path / "results", "select gpu, node_id, device_kind, batch_size from trials")
+    assert sorted((r[0], r[3]) for r in rows) == sorted(
+        (g, b) for g in ("A100-SXM4-40GB", "H100-SXM-80GB") for b in (2, 4, 8)
+    )
+    for gpu, node_id, kind, _ in rows:
+        assert gpu in types[node_id], f"{gpu} ran on a node advertising {types[node_id]}"
+        assert kind == "cpu"  # the GPUs are logical here; the runner fell back to the CPU
+    assert_one_trial_per_gpu_at_a_time(tmp_path / "results")
+
+
+def test_coarse_and_precise_names_target_the_right_nodes(local_cluster, write_spec, stepscope, tmp_path):
+    spec = write_spec(
+        """
+        name: named
+        isolation: reuse
+        fixed: {workload: mlp, depth: 1, width: 8, input_dim: 8, iterations: 2, warmup: 0}
+        grid:
+          batch_size: [4, 8]
+        gpus: [A100, H100-SXM-80GB]
+        """
+    )
+    stepscope("run", spec, "--address", local_cluster.address, "--store", "results", env=local_cluster.env, check_rc=0)
+    types = node_types(local_cluster)
+    rows = q(tmp_path / "results", "select gpu, node_id from trials")
+    assert sorted(r[0] for r in rows) == ["A100", "A100", "H100-SXM-80GB", "H100-SXM-80GB"]
+    for gpu, node_id in rows:
+        assert types[node_id] == (A100_NODE_TYPES if gpu == "A100" else H100_NODE_TYPES)
+
+
+def test_unknown_gpu_type_lists_the_types_present(local_cluster, write_spec, stepscope, tmp_path):
+    spec = write_spec("name: v\ngrid: {workload: [mlp]}\ngpus: [V100, H100]\n")
+    run = stepscope("run", spec, "--address", local_cluster.address, "--store", "results", env=local_cluster.env, check_rc=2)
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == "Error: gpus: no node of the cluster has V100; GPU types present: A100, A100-SXM4-40GB, H100, H100-SXM-80GB"
+    assert not (tmp_path / "results").exists()
+
+
+def test_trial_timeout_is_stored_and_the_sweep_goes_on(local_cluster, write_spec, stepscope, tmp_path):
+    spec = write_spec(
+        """
+        name: slow
+        isolation: reuse
+        fixed: {workload: "sleepy:build", iterations: 3, warmup: 0}
+        grid:
+          forward_ms: [5, 4000]
+        gpus: [H100]
+        """,
+        with_modules=("sleepy",),
+    )
+    run = stepscope("run", spec, "--address", local_cluster.address, "--store", "results", "--trial-timeout", "6",
+                    env=local_cluster.env, check_rc=1)
+    assert "(1 ok, 1 timeout)" in run.stdout
+    rows = q(tmp_path / "results", "select status, error from trials order by status")
+    assert rows == [("ok", None), ("timeout", "timed out after 6s (--trial-timeout)")]
+
+
+def test_ray_client_address(local_cluster, write_spec, stepscope, tmp_path):
+    spec = write_spec(
+        "name: client\nisolation: reuse\nfixed: {workload: mlp, depth: 1, width: 8, input_dim: 8, iterations: 2}\n"
+        "grid: {batch_size: [4]}\ngpus: [A100]\n"
+    )
+    stepscope("run", spec, "--address", local_cluster.client_address, "--store", "results", env=local_cluster.env, check_rc=0)
+    assert q(tmp_path / "results", "select status, gpu from trials") == [("ok", "A100")]
+
+
+def test_submit_ships_the_spec_and_its_custom_module(local_cluster, write_spec, stepscope, tmp_path):
+    (tmp_path / "proj").mkdir()
+    spec = write_spec(
+        """
+        name: submitted
+        isolation: reuse
+        fixed: {workload: "jobwork:build", iterations: 2, warmup: 0, forward_ms: 5}
+        grid:
+          batch_size: [2, 4]
+        gpus: each
+        """,
+        name="proj/sweep.yaml",
+    )
+    # The module sits beside the spec only: no worker could import it unless it travels.
+    (tmp_path / "proj" / "jobwork.py").write_text((FIXTURES / "sleepy.py").read_text())
+    store = tmp_path / "shared-results"
+    sub = stepscope("submit", spec, "--address", local_cluster.jobs_address, "--store", str(store), "--wait",
+                    env=local_cluster.env, timeout=400)
+    assert sub.returncode == 0, sub.stdout + sub.stderr[-3000:]
+    job_id = sub.stdout.splitlines()[0]
+    assert job_id.startswith("raysubmit_") and "SUCCEEDED" in sub.stderr
+    status = stepscope("jobs", "status", job_id, "--address", local_cluster.jobs_address, env=local_cluster.env, check_rc=0)
+    assert status.stdout.startswith(f"{job_id}: SUCCEEDED")
+    logs = stepscope("jobs", "logs", job_id, "--address", local_cluster.jobs_address, env=local_cluster.env, check_rc=0)
+    assert "4 trials run (4 ok)" in logs.stdout
+    query = stepscope("query", "trials", "--store", str(store), "--format", "csv", check_rc=0)
+    assert query.stdout.count(",ok,") == 4 and "jobwork:build" in query.stdout
+
+
+def test_submit_refuses_a_store_the_cluster_cannot_reach(local_cluster, write_spec, stepscope):
+    spec = write_spec("name: rel\ngrid: {workload: [mlp]}\n")
+    sub = stepscope("submit", spec, "--address", local_cluster.jobs_address, "--store", "relative/results", env=local_cluster.env)
+    assert sub.returncode == 2 and "the sweep's driver runs on the cluster" in sub.stderr
+    missing = stepscope("jobs", "status", "raysubmit_nosuchjob", "--address", local_cluster.jobs_address, env=local_cluster.env)
+    assert missing.returncode == 2 and "no job 'raysubmit_nosuchjob'" in missing.stderr
+
+
+def test_a_worker_node_killed_mid_sweep(fresh_cluster, write_spec, stepscope, tmp_path):
+    """kill -9 of a whole worker node while its trial runs: retried on the other node,
+    the sweep completes, every trial appears exactly once. (Its own cluster: it kills a node.)"""
+    spec = write_spec(
+        """
+        name: lost
+        isolation: reuse
+        fixed: {workload: "sleepy:build", iterations: 6, warmup: 0, forward_ms: 400}
+        grid:
+          seed: [0, 1, 2, 3]
+        """,
+        with_modules=("sleepy",),
+    )
+    store = tmp_path / "results"
+    a100 = fresh_cluster.node_pids()["a100"]
+
+    def kill_when_running() -> None:
+        deadline = time.monotonic() + 120
+        # Once the first trial is stored, the next ones are running on both nodes.
+        while time.monotonic() < deadline and not list(store.glob("trials/*/*.parquet")):
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.killpg(a100, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_running, daemon=True)
+    killer.start()
+    run = stepscope("run", spec, "--address", fresh_cluster.address, "--store", "results",
+                    env=fresh_cluster.env, check_rc=0, timeout=400)
+    killer.join()
+    assert "retrying" in run.stderr and "(4 ok)" in run.stdout
+    rows = q(store, "select trial_id, status, attempt from trials")
+    assert len(rows) == 4 and len({r[0] for r in rows}) == 4 and {r[1] for r in rows} == {"ok"}
+    assert max(r[2] for r in rows) == 2
+    assert q(store, "select count(*) from (select trial_id, iteration, phase from steps group by all having count(*) > 1)") == [(0,)]
