@@ -52,9 +52,11 @@
 # every Ray on the machine): each node's `ray start --block` is started as the leader of a new
 # session, and its PID is recorded in <DIR>/nodes. Every Ray process of the node (GCS, raylet,
 # agents, and the workers, which Ray moves into process groups of their own) stays in that
-# session. `down` sends SIGTERM to the workers' sessions, then the head's, then SIGKILL to
-# whatever is left, including any process that carries the environment variable
-# STEPSCOPE_LOCAL_CLUSTER=<DIR> that `up` gives every node; then it checks that none remains.
+# session. `down` sends SIGTERM to the workers' `ray start`, then the head's (each stops its
+# own processes), waits up to STEPSCOPE_LOCAL_GRACE seconds for their sessions to end, sends
+# SIGKILL to whatever is left, including any process that names <DIR> or carries the
+# environment variable STEPSCOPE_LOCAL_CLUSTER=<DIR> that `up` gives every node, and then
+# checks that none remains.
 # Linux only (it reads /proc).
 
 set -euo pipefail
@@ -118,12 +120,26 @@ find_ray() {
   fi
 }
 
-# pids_of [marker]: PIDs of every live process in the sessions whose leaders are in LEADERS
-# (the `ray start` of each node) and, with `marker`, of any process that still shows this
-# cluster's marker in its environment. The session is the
-# reliable part: Ray moves its workers into process groups of their own (setpgid) but never
-# into a new session, while the environment check alone can miss processes whose title Ray
-# rewrote (setproctitle may overwrite the memory /proc/PID/environ reads).
+is_alive() { # a live process, not a zombie
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# is_ours PID: the process names this cluster's directory in its command line or carries its
+# marker in its environment.
+is_ours() {
+  # "$DIR/..." or "--temp-dir=$DIR" exactly: /tmp/x-2637 must not match /tmp/x-26379.
+  { tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -e "$DIR/" -e "=$DIR "; } 2>/dev/null && return 0
+  { tr '\0' '\n' <"/proc/$1/environ" | grep -qxF "$MARKER"; } 2>/dev/null
+}
+
+# pids_of [marker]: PIDs of the live processes in the sessions of the node leaders in LEADERS
+# and, with `marker`, of any other process that is_ours. The session is what makes this
+# complete: Ray moves its workers into process groups of their own (setpgid) but never into
+# a new session, and it renames them (`ray::IDLE`), which can also wipe what
+# /proc/PID/environ shows, so neither the name nor the environment alone finds them all.
 pids_of() {
   local mode=${1:-} p pid stat rest sid leader
   for p in /proc/[0-9]*; do
@@ -141,7 +157,7 @@ pids_of() {
         continue 2
       fi
     done
-    if [ "$mode" = marker ] && { tr '\0' '\n' <"$p/environ" | grep -qxF "$MARKER"; } 2>/dev/null; then
+    if [ "$mode" = marker ] && is_ours "$pid"; then
       echo "$pid"
     fi
   done
@@ -150,13 +166,22 @@ pids_of() {
 LEADERS=()
 HEAD_LEADERS=()
 WORKER_LEADERS=()
-# The recorded `ray start` PIDs, alive or not (a dead leader's session can outlive it).
+# load_leaders: the recorded `ray start` PIDs whose sessions are this cluster's. A live leader
+# must be ours (is_ours); a dead one counts if the record is from this boot: while any
+# process of its session lives, the kernel does not hand its PID (the session id) to anyone
+# else, so processes in that session are ours (orphaned workers of a crashed node).
 load_leaders() {
-  local name pid
+  local name pid this_boot=0
   LEADERS=() HEAD_LEADERS=() WORKER_LEADERS=()
   [ -f "$NODES_FILE" ] || return 0
+  [ "$(stat -c %Y "$NODES_FILE")" -ge "$(awk '/^btime/ {print $2}' /proc/stat)" ] && this_boot=1
   while read -r name pid; do
     [ -n "${pid:-}" ] || continue
+    if is_alive "$pid"; then
+      is_ours "$pid" || continue
+    else
+      [ $this_boot -eq 1 ] || continue
+    fi
     if [ "$name" = head ]; then HEAD_LEADERS+=("$pid"); else WORKER_LEADERS+=("$pid"); fi
     LEADERS+=("$pid")
   done <"$NODES_FILE"
@@ -167,7 +192,7 @@ live_nodes() {
   [ -f "$NODES_FILE" ] || return 0
   local name pid
   while read -r name pid; do
-    [ -n "${pid:-}" ] && kill -0 "$pid" 2>/dev/null && echo "$name $pid"
+    [ -n "${pid:-}" ] && is_alive "$pid" && is_ours "$pid" && echo "$name $pid"
   done <"$NODES_FILE"
   return 0
 }
@@ -235,7 +260,9 @@ start_node() {
   local name=$1 index=$2
   shift 2
   local b=$((PORT_BASE + 10 * index)) node_log=$DIR/$name.log
-  env "$MARKER" "$PY" -c 'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])' \
+  # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: on SIGTERM, stop at once instead of draining the
+  # node for 30 s first (draining is for Serve replicas; nothing here needs it).
+  env "$MARKER" RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 "$PY" -c 'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])' \
     "$RAY" start --block --temp-dir="$DIR" --disable-usage-stats \
     --object-store-memory="$OBJECT_STORE" \
     --node-manager-port=$b --object-manager-port=$((b + 1)) \
@@ -257,13 +284,6 @@ start_node() {
   log "started $name (pid $pid)"
 }
 
-is_alive() { # a live process, not a zombie
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
 # signal_and_wait SIGNAL SECONDS [marker]: signal every process pids_of finds, then wait up to
 # SECONDS for them to be gone. True when none is left.
 signal_and_wait() {
@@ -282,6 +302,23 @@ signal_and_wait() {
   done
 }
 
+# stop_sessions WHAT LEADER...: SIGTERM to each node's `ray start --block`, which then stops
+# its own processes (GCS, raylet, agents, workers); waits for the whole sessions (LEADERS) to
+# end, for at most GRACE seconds.
+stop_sessions() {
+  local what=$1 deadline=$((SECONDS + GRACE))
+  shift
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  while [ -n "$(pids_of)" ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "$what: still running ${GRACE}s after SIGTERM"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
 cmd_down() {
   load_leaders
   if [ -z "$(pids_of marker)" ]; then
@@ -294,9 +331,9 @@ cmd_down() {
   # each Ray process exit cleanly, SIGKILL takes whatever did not within the grace period.
   local t0=$SECONDS left
   LEADERS=("${WORKER_LEADERS[@]}")
-  signal_and_wait TERM "$GRACE" || log "worker nodes: still running ${GRACE}s after SIGTERM"
+  stop_sessions "worker nodes" "${WORKER_LEADERS[@]}" || true
   LEADERS=("${HEAD_LEADERS[@]}")
-  signal_and_wait TERM "$GRACE" || log "head node: still running ${GRACE}s after SIGTERM"
+  stop_sessions "head node" "${HEAD_LEADERS[@]}" || true
   LEADERS=("${all[@]}")
   left=$(pids_of marker)
   if [ -n "$left" ]; then
@@ -314,10 +351,15 @@ cmd_down() {
 }
 
 cmd_up() {
-  if [ -n "$(live_nodes)" ]; then
+  local running
+  running=$(live_nodes | wc -l)
+  if [ "$running" -eq "$EXPECTED_NODES" ]; then
     log "already up ($DIR); use 'status' or 'down'"
     print_address
     return 0
+  elif [ "$running" -gt 0 ]; then
+    log "only $running of $EXPECTED_NODES nodes are running ($DIR); run 'down' first"
+    exit 1
   fi
   if [ ${#DIR} -gt 60 ]; then
     log "STEPSCOPE_LOCAL_DIR is too long (${#DIR} > 60 characters): Ray's unix socket paths would not fit"

@@ -131,10 +131,12 @@ class Session:
     """A connection to Ray for one sweep: an embedded cluster or an existing one."""
 
     def __init__(self, address: str | None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        # Before Ray is imported: it reads its authentication settings early.
+        self.token = _use_token_if_present(self.address)
         import ray
 
         self.ray = ray
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.started_here = False
 
     def __enter__(self) -> Session:
@@ -149,7 +151,11 @@ class Session:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local cluster"
-            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {_first_line(exc)}") from None
+            hint = "" if self.token else (
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
+                "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)"
+            )
+            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {_first_line(exc)}{hint}") from None
         self.started_here = True
         return self
 
@@ -159,6 +165,26 @@ class Session:
 
     def nodes(self) -> list[cluster.Node]:
         return cluster.alive_nodes(self.ray)
+
+
+def _use_token_if_present(address: str | None) -> bool:
+    """Ray turns token authentication on by itself only for an embedded cluster or
+    `auto`; for an explicit address a driver must ask for it. When the user has a
+    token (the way Ray looks for one) and has not chosen a mode, use it: a token
+    driver also connects to a cluster without authentication. True if in token mode."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode:
+        return mode == "token"
+    if address is None:
+        return False
+    has_token = (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+    )
+    if has_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return bool(has_token)
 
 
 def resolve_gpu_types(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> list[str] | None:
