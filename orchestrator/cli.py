@@ -108,7 +108,9 @@ def plan(spec_path: str) -> None:
 class _PrintProgress:
     """Trial lines as they finish; on a terminal also a live bar with ETA and what runs where."""
 
-    def __init__(self) -> None:
+    def __init__(self, spec: SweepSpec) -> None:
+        # Grid keys beyond the usual three say which trial this is (e.g. a custom workload's).
+        self.extra = [k for k, _ in spec.grid if k not in ("workload", "batch_size", "precision")]
         self.tty = sys.stderr.isatty()
         self.bar_shown = False
         self.last_tick = 0.0
@@ -126,7 +128,7 @@ class _PrintProgress:
         eta = f"  ETA {_duration(snap.eta_s)}" if snap.eta_s and snap.done < snap.total else ""
         self._clear()
         click.echo(
-            f"[{snap.done:>{width}}/{snap.total}] {o.status:<7} {o.trial.label:<28} {what}  ({o.seconds:.1f}s){eta}",
+            f"[{snap.done:>{width}}/{snap.total}] {o.status:<7} {self.label(o.trial):<28} {what}  ({o.seconds:.1f}s){eta}",
             err=True,
         )
         self.tick(snap, force=True)
@@ -149,7 +151,10 @@ class _PrintProgress:
 
     def retrying(self, trial, attempt: int, reason: str) -> None:
         self._clear()
-        click.echo(f"  retrying {trial.label} (attempt {attempt}): {reason}", err=True)
+        click.echo(f"  retrying {self.label(trial)} (attempt {attempt}): {reason}", err=True)
+
+    def label(self, trial) -> str:
+        return " ".join([trial.label, *(f"{k}={trial.params[k]}" for k in self.extra)])
 
     def finished(self) -> None:
         self._clear()
@@ -220,7 +225,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
             trials, _ = plan_trials(spec, session.nodes())
             outcome = run_sweep(
                 session, spec, trials, st, sweep_id=chosen.sweep_id, done_ids=chosen.done_ids,
-                progress=_PrintProgress(), new_sweep=chosen.new, trial_timeout=trial_timeout, paths=paths,
+                progress=_PrintProgress(spec), new_sweep=chosen.new, trial_timeout=trial_timeout, paths=paths,
             )
     except KeyboardInterrupt:
         outcome = None
