@@ -397,12 +397,15 @@ def _job_call(fn, job_id: str):
 @click.option("--index", "index", type=int, required=True, help="Which trial (see `stepscope plan`).")
 @store_option
 @click.option("--sweep-id", default=None, help="Sweep to write into (default: the latest sweep of this spec in the store, else a new one).")
-def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None) -> None:
+@click.option("--gpu", "gpu_type", default=None, metavar="TYPE",
+              help="For `gpus: each`: the GPU type this trial stands for (as `run` would name it).")
+def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, gpu_type: str | None) -> None:
     """Run trial N of SPEC in this process, without Ray; writes the same rows as `run`.
 
     Example:
 
         stepscope trial examples/quickstart.yaml --index 0
+        stepscope trial each.yaml --index 3 --gpu H100-SXM-80GB
     """
     from orchestrator.grid import expand
     from orchestrator.resume import pick_sweep
@@ -410,7 +413,11 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None) -
     from workloads.runner import run_trial
 
     spec = load_spec(spec_path)
-    trials = expand(spec)
+    if spec.gpus_each and not gpu_type:
+        raise SpecError(spec.source, "gpus", "`each` is resolved by the cluster; give `stepscope trial --gpu TYPE`")
+    if gpu_type and not spec.gpus_each:
+        raise click.BadParameter("only for a spec with `gpus: each`; other specs name their types", param_hint="--gpu")
+    trials = expand(spec, [gpu_type] if gpu_type else None)
     if not 0 <= index < len(trials):
         raise click.BadParameter(f"{index} is out of range; this spec has trials 0..{len(trials) - 1}", param_hint="--index")
     _check_custom_workloads(spec, trials[index : index + 1])

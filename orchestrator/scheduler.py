@@ -227,7 +227,7 @@ def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver
             n.ip: check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(probe)
             for n in remote
         }
-        blind = sorted(ip for ip, ref in refs.items() if not ray.get(ref, timeout=120))
+        blind = sorted(ip for ip, ref in refs.items() if not _probe_answer(ray, ref))
     finally:
         os.unlink(probe)
     if blind:
@@ -236,6 +236,26 @@ def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver
             "cannot see it; use a directory mounted at the same path on every node, "
             "or an object store URI such as s3://bucket/prefix"
         )
+
+
+def check_isolation(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> None:
+    """A reused worker keeps the GPU it first initialised CUDA on (CUDA reads
+    CUDA_VISIBLE_DEVICES once), so on a node with several GPUs its next trial
+    could land on a GPU that Ray has given to another trial."""
+    if spec.isolation == "reuse" and (spec.gpus is not None or spec.gpus_each or any(n.gpus for n in nodes)):
+        many = sorted({n.ip for n in nodes if n.gpus > 1})
+        if many:
+            raise SchedulerError(
+                f"isolation: reuse cannot keep trials on their own GPU on nodes with several GPUs "
+                f"({', '.join(many)}); use `isolation: process`"
+            )
+
+
+def _probe_answer(ray, ref) -> bool:
+    try:
+        return bool(ray.get(ref, timeout=120))
+    except Exception:  # a node that cannot answer cannot be trusted with the path either
+        return False
 
 
 def plan_trials(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> tuple[list[Trial], list[str] | None]:
@@ -269,6 +289,7 @@ def run_sweep(
     outcome = SweepOutcome(sweep_id=sweep_id, total=len(trials), skipped=len(trials) - len(todo))
     nodes = session.nodes()
     resolve_gpu_types(spec, nodes)  # the types may have gone since the trials were planned
+    check_isolation(spec, nodes)
     check_store_visible(ray, store, nodes, ray.util.get_node_ip_address())
     if new_sweep:
         store.write_sweep(sweep_row(spec, sweep_id, len(trials), session.address))
@@ -328,6 +349,7 @@ class _Running:
     trial: Trial
     attempt: int
     started: float
+    ended_by: str | None = None  # "timeout" or "lost": the driver cancelled it and says why
 
 
 class _Driver:
@@ -355,20 +377,25 @@ class _Driver:
     def describe(self, address: str | None, nodes: Sequence[cluster.Node]) -> str:
         self.nodes, self.nodes_read = list(nodes), time.monotonic()
         self.use_gpus = self.spec.gpus is not None or self.spec.gpus_each or any(n.gpus for n in nodes)
-        if not self.use_gpus:
+        if self.use_gpus:
+            # A GPU trial gets its share of its node's CPUs (for the data phase, launches).
+            shares = [n.cpus // n.gpus for n in nodes if n.gpus]
+            self.cpus_per_trial = max(1.0, min(shares)) if shares else 1.0
+        else:
             cpus = [n.cpus for n in nodes if n.cpus >= 1]
             if not cpus:
                 raise SchedulerError("the Ray cluster has no node with a CPU to run trials on")
             self.cpus_per_trial = min(cpus)  # the whole of the smallest node
         where = address or os.environ.get("RAY_ADDRESS") or "embedded local Ray"
         cpus = int(sum(n.cpus for n in nodes))
-        per = "1 GPU" if self.use_gpus else f"{int(self.cpus_per_trial)} CPUs"
+        cpus_each = f"{int(self.cpus_per_trial)} CPU{'s' if self.cpus_per_trial != 1 else ''}"
+        per = f"1 GPU and {cpus_each}" if self.use_gpus else cpus_each
         return f"{where}: {len(nodes)} node{'s' if len(nodes) != 1 else ''}, {cpus} CPUs, {cluster.describe_types(nodes)}; {per} per trial"
 
     def options(self, trial: Trial) -> dict:
         opts: dict = {"max_retries": 0, "retry_exceptions": False, "name": f"stepscope {trial.label}"}
         if self.use_gpus:
-            opts.update(num_gpus=1, num_cpus=1)
+            opts.update(num_gpus=1, num_cpus=self.cpus_per_trial)
             if trial.gpu is not None:
                 opts["resources"] = cluster.resources_for(trial.gpu, self.nodes)
         else:
@@ -392,10 +419,13 @@ class _Driver:
                 if any(self.queues.values()):
                     time.sleep(0.2)  # every type's nodes are gone or busy; fail_orphans handled the gone
                 continue
-            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=0.2)
+            ready, rest = self.ray.wait(list(self.running), num_returns=1, timeout=0.2)
+            if rest:  # whatever else finished meanwhile, without waiting for it
+                ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
                 self.collect(ref)
             self.enforce_timeout()
+            self.fail_lost_types()
             self.progress.tick(self.snapshot())
         if stop.is_set():
             self.outcome.interrupted = True
@@ -431,39 +461,65 @@ class _Driver:
 
     def collect(self, ref) -> None:
         run = self.running.pop(ref)
-        trial, attempt = run.trial, run.attempt
         took = time.monotonic() - run.started
-        exc_types = self.ray.exceptions
         try:
             res = self.ray.get(ref)
-        except exc_types.OutOfMemoryError as exc:  # Ray's memory monitor killed the worker
-            self.finish(trial, attempt, "oom", f"host memory: {_first_line(exc)}", None, took, write=True)
+        except self.ray.exceptions.RayError as exc:
+            self.failed_attempt(run, exc, took)
             return
-        except (exc_types.WorkerCrashedError, exc_types.NodeDiedError, exc_types.ObjectLostError,
-                exc_types.LocalRayletDiedError, exc_types.OwnerDiedError, exc_types.RaySystemError) as exc:
-            reason = f"{type(exc).__name__}: the worker process or its node died"
-            if attempt <= MAX_RETRIES:
-                self.progress.retrying(trial, attempt + 1, reason)
-                self.queues.setdefault(trial.gpu, deque()).appendleft((trial, attempt + 1))
-                self.refresh_nodes(force=True)
-                return
-            self.finish(trial, attempt, "failed", f"{reason} ({attempt} attempts)", None, took, write=True)
+        # A result, even for a trial the driver had just cancelled: it finished first.
+        self.finish(run.trial, run.attempt, res["status"], res["error"], res["samples_per_s"], took, write=False)
+
+    def failed_attempt(self, run: _Running, exc: Exception, took: float) -> None:
+        trial, attempt, errors = run.trial, run.attempt, self.ray.exceptions
+        if run.ended_by:  # the driver cancelled it (timeout, lost GPU type); Ray confirms it did not finish
+            status, error = self.ended_reason(run)
+            self.finish(trial, attempt, status, error, None, took, write=True)
             return
-        except exc_types.RayError as exc:
+        died = (errors.WorkerCrashedError, errors.NodeDiedError, errors.ObjectLostError,
+                errors.LocalRayletDiedError, errors.OwnerDiedError, errors.RaySystemError)
+        oom = isinstance(exc, errors.OutOfMemoryError)
+        if not (oom or isinstance(exc, died)):
             self.finish(trial, attempt, "failed", _first_line(exc), None, took, write=True)
             return
-        self.finish(trial, attempt, res["status"], res["error"], res["samples_per_s"], took, write=False)
+        # Ray's memory monitor may have killed this worker for a neighbour's sake: retry that too.
+        what = "Ray killed the worker for host memory" if oom else "the worker process or its node died"
+        reason = f"{type(exc).__name__}: {what}"
+        if attempt <= MAX_RETRIES:
+            self.progress.retrying(trial, attempt + 1, reason)
+            self.queues.setdefault(trial.gpu, deque()).appendleft((trial, attempt + 1))
+            self.refresh_nodes(force=True)
+            return
+        self.finish(trial, attempt, "oom" if oom else "failed", f"{reason} ({attempt} attempts)", None, took, write=True)
+
+    def ended_reason(self, run: _Running) -> tuple[str, str]:
+        if run.ended_by == "timeout":
+            return "timeout", f"timed out after {self.trial_timeout:g}s (--trial-timeout)"
+        return "failed", f"no alive node has GPU type {run.trial.gpu} any more"
+
+    def cancel(self, ref, run: _Running, why: str) -> None:
+        """Kill the trial's worker (nothing partial is written); its row is written when
+        Ray confirms the cancellation (collect), unless the trial finished first."""
+        run.ended_by = why
+        self.ray.cancel(ref, force=True)
 
     def enforce_timeout(self) -> None:
         if not self.trial_timeout:
             return
         now = time.monotonic()
         for ref, run in list(self.running.items()):
-            if now - run.started > self.trial_timeout:
-                self.running.pop(ref)
-                self.ray.cancel(ref, force=True)  # kills the worker mid-trial; nothing partial is written
-                error = f"timed out after {self.trial_timeout:g}s (--trial-timeout)"
-                self.finish(run.trial, run.attempt, "timeout", error, None, now - run.started, write=True)
+            if run.ended_by is None and now - run.started > self.trial_timeout:
+                self.cancel(ref, run, "timeout")
+
+    def fail_lost_types(self) -> None:
+        """A trial handed to Ray for a type whose last node has died would wait forever."""
+        if not self.use_gpus:
+            return
+        for ref, run in list(self.running.items()):
+            if run.ended_by is None and self.slots(run.trial.gpu) == 0:
+                self.refresh_nodes(force=True)
+                if self.slots(run.trial.gpu) == 0:
+                    self.cancel(ref, run, "lost")
 
     def finish(self, trial, attempt, status, error, sps, took, *, write: bool) -> None:
         if write:  # the worker never wrote a row: the driver does

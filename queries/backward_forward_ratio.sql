@@ -3,10 +3,12 @@
 -- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
 -- trials (its repeats) are pooled. A ratio near 2 is the textbook expectation
 -- for dense layers; far from it points at recomputation, hooks or a slow kernel.
+-- A configuration is every parameter but the seed (config_id: depths, sequence
+-- lengths and a custom workload's own keys count too), on one GPU type and device.
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
 --   trials (ok trials pooled), steps (measured steps), forward_ms, backward_ms,
 --   ratio (backward_ms / forward_ms)
 
@@ -35,6 +37,7 @@ measured_steps as (
         t.batch_size,
         t.precision,
         t.optimizer,
+        t.config_id,
         t.gpu,
         t.device_name,
         s.iteration,
@@ -53,6 +56,7 @@ config_medians as (
         batch_size,
         precision,
         optimizer,
+        config_id,
         gpu,
         device_name,
         count(distinct trial_id) as trials,
@@ -60,7 +64,7 @@ config_medians as (
         median(duration_ms) filter (where phase = 'forward') as forward_ms,
         median(duration_ms) filter (where phase = 'backward') as backward_ms
     from measured_steps
-    group by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name
+    group by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
 ),
 
 final as (
@@ -70,6 +74,7 @@ final as (
         batch_size,
         precision,
         optimizer,
+        config_id,
         gpu,
         device_name,
         trials,
@@ -78,7 +83,7 @@ final as (
         round(backward_ms, 3) as backward_ms,
         round(backward_ms / nullif(forward_ms, 0), 3) as ratio
     from config_medians
-    order by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name
+    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
 )
 
 select * from final

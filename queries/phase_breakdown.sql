@@ -3,10 +3,12 @@
 -- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
 -- trials (its repeats) are pooled. share_pct is the phase's median over the sum
 -- of the phases' medians, so the shares of a configuration add up to ~100.
+-- A configuration is every parameter but the seed (config_id: depths, sequence
+-- lengths and a custom workload's own keys count too), on one GPU type and device.
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
 --   phase_index, phase, trials (ok trials pooled), steps (measured steps),
 --   median_ms (duration_ms), median_host_ms, share_pct
 
@@ -35,6 +37,7 @@ measured_steps as (
         t.batch_size,
         t.precision,
         t.optimizer,
+        t.config_id,
         t.gpu,
         t.device_name,
         s.phase_index,
@@ -54,6 +57,7 @@ phase_medians as (
         batch_size,
         precision,
         optimizer,
+        config_id,
         gpu,
         device_name,
         phase_index,
@@ -63,7 +67,7 @@ phase_medians as (
         median(duration_ms) as median_ms,
         median(host_ms) as median_host_ms
     from measured_steps
-    group by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name, phase_index, phase
+    group by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name, phase_index, phase
 ),
 
 final as (
@@ -73,6 +77,7 @@ final as (
         batch_size,
         precision,
         optimizer,
+        config_id,
         gpu,
         device_name,
         phase_index,
@@ -83,12 +88,12 @@ final as (
         round(median_host_ms, 3) as median_host_ms,
         round(
             100 * median_ms / nullif(sum(median_ms) over (
-                partition by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name
+                partition by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
             ), 0),
             1
         ) as share_pct
     from phase_medians
-    order by sweep_id, workload, batch_size, precision, optimizer, gpu, device_name, phase_index
+    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name, phase_index
 )
 
 select * from final

@@ -4,10 +4,12 @@
 -- read of where a step's time goes. Measured (non-warmup) steps of ok trials; the
 -- steps of a configuration's trials (its repeats) are pooled. Each share is the
 -- phase's median over the sum of the six phases' medians (step_ms).
+-- A configuration is every parameter but the seed (config_id: depths, sequence
+-- lengths and a custom workload's own keys count too), on one GPU type and device.
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
 --   step_ms (sum of phase medians), samples_per_s (median over trials),
 --   data_pct, to_device_pct, forward_pct, loss_pct, backward_pct, optimizer_pct
 
@@ -38,6 +40,7 @@ phase_medians as (
         t.batch_size,
         t.precision,
         t.optimizer,
+        t.config_id,
         t.gpu,
         t.device_name,
         s.phase,
@@ -51,7 +54,7 @@ phase_medians as (
 
 throughput as (
     select
-        sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+        sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
         median(samples_per_s) as samples_per_s
     from chosen_trials
     group by all
@@ -59,7 +62,7 @@ throughput as (
 
 per_config as (
     select
-        sweep_id, workload, batch_size, precision, optimizer, gpu, device_name,
+        sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
         sum(median_ms) as step_ms,
         sum(median_ms) filter (where phase = 'data') as data_ms,
         sum(median_ms) filter (where phase = 'to_device') as to_device_ms,
@@ -78,6 +81,7 @@ final as (
         c.batch_size,
         c.precision,
         c.optimizer,
+        c.config_id,
         c.gpu,
         c.device_name,
         round(c.step_ms, 3) as step_ms,
@@ -95,9 +99,10 @@ final as (
         and tp.batch_size = c.batch_size
         and tp.precision = c.precision
         and tp.optimizer = c.optimizer
+        and tp.config_id = c.config_id
         and tp.gpu is not distinct from c.gpu  -- null for `gpus: any`
         and tp.device_name is not distinct from c.device_name
-    order by c.sweep_id, c.workload, c.batch_size, c.precision, c.optimizer, c.gpu, c.device_name
+    order by c.sweep_id, c.workload, c.batch_size, c.precision, c.optimizer, c.config_id, c.gpu, c.device_name
 )
 
 select * from final

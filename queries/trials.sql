@@ -8,7 +8,7 @@
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, trial_index, trial_id, repeat, status, error, workload,
---   batch_size, precision, optimizer, gpu, device_kind, device_name, host,
+--   batch_size, precision, optimizer, config_id, gpu, device_kind, device_name, host,
 --   samples_per_s, median_step_ms, model_to_device_ms, param_count
 
 with
@@ -65,6 +65,7 @@ final as (
         t.batch_size,
         t.precision,
         t.optimizer,
+        t.config_id,
         t.gpu,
         t.device_kind,
         t.device_name,

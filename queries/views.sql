@@ -39,6 +39,7 @@ select
     cast(warmup as integer) as warmup,
     cast(seed as bigint) as seed,
     cast(params as varchar) as params,
+    cast(config_id as varchar) as config_id,
     cast(gpu as varchar) as gpu,
     cast(device_kind as varchar) as device_kind,
     cast(device_name as varchar) as device_name,

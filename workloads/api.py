@@ -6,6 +6,8 @@ named in type hints here, so that `stepscope plan` never imports it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,13 @@ class Trial:
     repeat: int
     gpu: str | None  # requested accelerator type; None = any
     params: dict[str, Any]  # every parameter, defaults filled in
+
+    @property
+    def config_id(self) -> str:
+        """What is measured, the seed aside: trials that differ only by seed or
+        repeat share it, so queries can pool them and keep everything else apart."""
+        doc = json.dumps({k: v for k, v in self.params.items() if k != "seed"}, sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
     @property
     def label(self) -> str:

@@ -28,6 +28,7 @@ from workloads.store import Store
 from workloads.timing import make_timer, phase_ms
 
 N_PHASES = len(PHASES)
+_WORKER_THREADS: int | None = None  # torch's thread count before any trial changed it
 
 
 def version() -> str:
@@ -91,8 +92,11 @@ def _run(trial: Trial, out: _Measured, search_paths: list[str]) -> None:
     import torch
 
     p = trial.params
-    if p["num_threads"]:
-        torch.set_num_threads(p["num_threads"])
+    global _WORKER_THREADS
+    if _WORKER_THREADS is None:
+        _WORKER_THREADS = torch.get_num_threads()  # what this worker was given
+    # Set on every trial: a reused worker must not keep the last trial's count.
+    torch.set_num_threads(p["num_threads"] or _WORKER_THREADS)
     torch.manual_seed(p["seed"])  # also seeds every CUDA device
     device = devices.pick_device(torch, p["device"])
     out.facts = devices.describe(torch, device)
@@ -104,6 +108,10 @@ def _run(trial: Trial, out: _Measured, search_paths: list[str]) -> None:
     model = workload.model
     out.param_count = sum(t.numel() for t in model.parameters())
 
+    if device.type == "cuda":
+        # Create the CUDA context first: its start-up is not the model's transfer.
+        torch.empty(1, device=device)
+        torch.cuda.synchronize(device)
     t0 = perf_counter_ns()
     model = model.to(device=device, dtype=precision.param_dtype)
     if device.type == "cuda":
@@ -276,6 +284,7 @@ def _trial_row(trial, sweep_id, m: _Measured, status, error, started, node_id, a
         "warmup": p["warmup"],
         "seed": p["seed"],
         "params": json.dumps(p, sort_keys=True),
+        "config_id": trial.config_id,
         "gpu": trial.gpu,
         **facts,
         "node_id": node_id,

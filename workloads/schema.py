@@ -65,6 +65,7 @@ TRIALS = pa.schema(
         pa.field("warmup", pa.int32(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("params", pa.string(), nullable=False),  # JSON of every resolved parameter
+        pa.field("config_id", pa.string(), nullable=False),  # hash of params but the seed: repeats share it
         pa.field("gpu", pa.string()),  # requested accelerator type, null for `any`
         pa.field("device_kind", pa.string()),  # cuda | cpu (null if the trial died first)
         pa.field("device_name", pa.string()),

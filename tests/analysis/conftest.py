@@ -57,6 +57,7 @@ def trial_row(
         "warmup": 1,
         "seed": 0,
         "params": '{"workload": "mlp"}',
+        "config_id": "c-mlp",
         "gpu": None,
         "device_kind": "cpu",
         "device_name": "cpu",

@@ -156,6 +156,7 @@ def test_phase_breakdown_medians_and_shares(store, write):
         "batch_size": 16,
         "precision": "fp32",
         "optimizer": "sgd",
+        "config_id": "c-mlp",
         "gpu": None,
         "device_name": "cpu",
         "phase_index": 0,
@@ -282,3 +283,15 @@ def test_queries_over_an_empty_store_return_no_rows_but_their_columns(store):
     for name in NAMED:
         columns, rows = run_query(con, name, {"sweep": "all"})
         assert columns and "sweep_id" in columns and rows == []
+
+
+def test_configurations_that_differ_beyond_the_usual_columns_stay_apart(store, write):
+    """Two depths of one workload, same batch and precision: two configurations, not one."""
+    write.sweep("s1")
+    write.trial("s1", "t1", {"forward": [2.0]}, config_id="depth-1")
+    write.trial("s1", "t2", {"forward": [8.0]}, trial_index=1, config_id="depth-2")
+    write.trial("s1", "t3", {"forward": [4.0]}, trial_index=2, config_id="depth-2", seed=1)
+    got = records(run_query(connect(store), "phase_shares", {}))
+    assert sorted((r["config_id"], r["step_ms"]) for r in got) == [("depth-1", 7.0), ("depth-2", 11.0)]  # median of 8 and 4 pooled
+    ratios = records(run_query(connect(store), "backward_forward_ratio", {}))
+    assert sorted(r["config_id"] for r in ratios) == ["depth-1", "depth-2"]

@@ -28,7 +28,7 @@ def test_sql_counts_the_trials_of_an_s3_store(cli_runner, s3_store):
         row.update(
             sweep_id="s1", trial_id=trial_id, trial_index=0, repeat=0, attempt=1, status="ok",
             workload="mlp", batch_size=4, precision="fp32", optimizer="sgd", iterations=1,
-            warmup=0, seed=0, params="{}", stepscope_version="0.1.0", schema_version=1,
+            warmup=0, seed=0, params="{}", config_id="c", stepscope_version="0.1.0", schema_version=1,
         )
         st.write("trials", "s1", trial_id, [row])
     result = cli_runner("sql", "select count(*) as n from trials", "--store", s3_store, "--format", "csv")

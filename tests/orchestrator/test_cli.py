@@ -91,3 +91,18 @@ def test_unexpected_errors_are_one_line_without_debug(cli_runner, tmp_path):
     target.write_text("x")
     r = cli_runner("sql", "select 1", "--store", str(target))
     assert r.exit_code == 2 and r.stderr.startswith("Error: --store") and "Traceback" not in r.stderr
+
+
+def test_trial_of_a_gpus_each_spec_needs_its_type(cli_runner, write_spec, tmp_path):
+    from orchestrator.grid import expand
+    from orchestrator.spec import load_spec
+
+    spec = write_spec("name: e\nfixed: {depth: 1, width: 8, input_dim: 8, iterations: 1, warmup: 0}\n"
+                      "grid: {workload: [mlp]}\ngpus: each\n")
+    r = cli_runner("trial", spec, "--index", "0", "--store", str(tmp_path / "s"))
+    assert r.exit_code == 2 and "gpus: `each` is resolved by the cluster; give `stepscope trial --gpu TYPE`" in r.stderr
+    r = cli_runner("trial", spec, "--index", "0", "--gpu", "H100", "--store", str(tmp_path / "s"))
+    assert r.exit_code == 0, r.output
+    want = expand(load_spec(spec), ["H100"])[0].trial_id  # the id `run` gives it on an H100
+    out = cli_runner("sql", "select trial_id, gpu from trials", "--store", str(tmp_path / "s"), "--format", "csv")
+    assert out.output.splitlines()[1] == f"{want},H100"
