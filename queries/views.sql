@@ -66,6 +66,17 @@ select
     cast(measured_wall_s as double) as measured_wall_s,
     cast(samples_per_s as double) as samples_per_s,
     cast(final_loss as double) as final_loss,
+    cast(flops_forward as bigint) as flops_forward,
+    cast(flops_backward as bigint) as flops_backward,
+    cast(flops_analytic as bigint) as flops_analytic,
+    cast(flops_uncounted as varchar) as flops_uncounted,
+    cast(flops_error as varchar) as flops_error,
+    cast(achieved_tflops as double) as achieved_tflops,
+    cast(gpu_variant as varchar) as gpu_variant,
+    cast(peak_tflops_datasheet as double) as peak_tflops_datasheet,
+    cast(peak_tflops_measured as double) as peak_tflops_measured,
+    cast(mfu_datasheet as double) as mfu_datasheet,
+    cast(mfu_measured as double) as mfu_measured,
     cast(stepscope_version as varchar) as stepscope_version,
     cast(schema_version as integer) as schema_version
 from raw_trials;

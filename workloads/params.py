@@ -104,5 +104,6 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("device", str, "auto", "auto picks cuda when present, else cpu", choices=DEVICES),
     Param("seed", int, 0, "seed for torch's generators", minimum=0),
     Param("num_threads", int, 0, "torch CPU threads; 0 keeps what the worker was given", minimum=0),
+    Param("count_flops", bool, True, "count FLOPs and MFU in an untimed pass before the loop"),
 )
 COMMON_BY_NAME: dict[str, Param] = {p.name: p for p in COMMON_PARAMS}

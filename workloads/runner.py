@@ -21,6 +21,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from workloads import device as devices
+from workloads import utilization
 from workloads.api import Trial, Workload
 from workloads.registry import load_builder
 from workloads.schema import PHASES, SCHEMA_VERSION
@@ -51,6 +52,7 @@ class _Measured:
     measured_wall_s: float | None = None
     final_loss: float | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, Any] = field(default_factory=dict)  # FLOPs and peaks (utilization.py)
 
 
 def run_trial(
@@ -102,7 +104,11 @@ def _run(trial: Trial, out: _Measured, search_paths: list[str]) -> None:
     out.facts = devices.describe(torch, device)
     precision = Precision(torch, p["precision"], device)
 
-    workload = load_builder(p["workload"], search_paths)(dict(p))
+    builder = load_builder(p["workload"], search_paths)
+    if p["count_flops"]:
+        # Untimed, before anything is built or seeded for the trial (it leaves the RNG alone).
+        out.work = utilization.count(builder, p)
+    workload = builder(dict(p))
     if not isinstance(workload, Workload):
         raise TypeError(f"{p['workload']} returned {type(workload).__name__}, not a workloads.Workload")
     model = workload.model
@@ -125,6 +131,9 @@ def _run(trial: Trial, out: _Measured, search_paths: list[str]) -> None:
     else:
         optimizer = make_optimizer(torch, p["optimizer"], params, p["lr"])
     _loop(torch, trial, workload, model, optimizer, device, precision, out)
+    if p["count_flops"]:
+        steps = len(out.device_ms) - p["warmup"]
+        out.work.update(utilization.rates(torch, device, p["precision"], out.work, out.measured_wall_s, steps, out.facts))
 
 
 class Precision:
@@ -297,6 +306,7 @@ def _trial_row(trial, sweep_id, m: _Measured, status, error, started, node_id, a
         "measured_wall_s": m.measured_wall_s,
         "samples_per_s": samples_per_s,
         "final_loss": m.final_loss,
+        **{key: m.work.get(key) for key in utilization.COLUMNS},
         "stepscope_version": version(),
         "schema_version": SCHEMA_VERSION,
     }

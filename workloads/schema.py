@@ -92,6 +92,18 @@ TRIALS = pa.schema(
         pa.field("measured_wall_s", pa.float64()),  # host wall time of the measured loop
         pa.field("samples_per_s", pa.float64()),
         pa.field("final_loss", pa.float64()),
+        # Work and utilisation, counted in a separate untimed pass (workloads.flops).
+        pa.field("flops_forward", pa.int64()),  # forward + loss, one step, whole batch
+        pa.field("flops_backward", pa.int64()),
+        pa.field("flops_analytic", pa.int64()),  # gpt: (6N + 12·L·d·T) per token
+        pa.field("flops_uncounted", pa.string()),  # operators the counter had no formula for
+        pa.field("flops_error", pa.string()),  # why nothing was counted, when nothing was
+        pa.field("achieved_tflops", pa.float64()),  # (forward + backward) / mean measured step
+        pa.field("gpu_variant", pa.string()),  # exact board, e.g. H100-SXM-80GB (workloads.identity)
+        pa.field("peak_tflops_datasheet", pa.float64()),  # dense, for gpu_variant and precision
+        pa.field("peak_tflops_measured", pa.float64()),  # matmul peak measured on this node
+        pa.field("mfu_datasheet", pa.float64()),
+        pa.field("mfu_measured", pa.float64()),
         pa.field("stepscope_version", pa.string(), nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
     ]

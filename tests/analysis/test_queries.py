@@ -295,3 +295,20 @@ def test_configurations_that_differ_beyond_the_usual_columns_stay_apart(store, w
     assert sorted((r["config_id"], r["step_ms"]) for r in got) == [("depth-1", 7.0), ("depth-2", 11.0)]  # median of 8 and 4 pooled
     ratios = records(run_query(connect(store), "backward_forward_ratio", {}))
     assert sorted(r["config_id"] for r in ratios) == ["depth-1", "depth-2"]
+
+
+def test_utilization_rates_and_mfu(store, write):
+    write.sweep("s1")
+    # forward 4 ms + loss 1 ms per step, backward 8 ms; 1e9 forward and 2e9 backward FLOPs.
+    write.trial(
+        "s1", "t1", {"forward": [4.0], "loss": [1.0], "backward": [8.0]},
+        flops_forward=10**9, flops_backward=2 * 10**9, achieved_tflops=0.15,
+        peak_tflops_measured=0.5, mfu_measured=0.3, gpu_variant="H100-SXM-80GB",
+        peak_tflops_datasheet=989.4, mfu_datasheet=0.00015,
+    )
+    write.trial("s1", "t2", {"forward": [4.0]}, trial_index=1, config_id="uncounted")  # no FLOPs: left out
+    (row,) = records(run_query(connect(store), "utilization", {}))
+    assert row["gflops_per_step"] == 3.0 and row["step_tflops"] == 0.15
+    assert row["forward_tflops"] == 0.2  # 1e9 FLOP / 5 ms
+    assert row["backward_tflops"] == 0.25  # 2e9 FLOP / 8 ms
+    assert (row["mfu_measured"], row["peak_tflops_datasheet"], row["gpu_variant"]) == (0.3, 989.4, "H100-SXM-80GB")

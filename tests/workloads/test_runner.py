@@ -142,3 +142,52 @@ def test_cuda_phases_add_up_to_the_step(tmp_path, precision):
     assert all(s["duration_ms"] >= 0 for s in steps)
     per_step = sum(s["duration_ms"] for s in steps) / 10
     assert per_step <= row["measured_wall_s"] * 1e3 / 10 * 1.05
+
+
+def test_flops_and_mfu_of_a_cpu_trial(tmp_path, monkeypatch):
+    """FLOPs counted exactly in an untimed pass; MFU against the node's measured peak,
+    which is measured once and then read from the cache."""
+    from workloads import peaks
+
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    trial = make_trial(workload="mlp", depth=2, width=32, input_dim=16, num_classes=10, batch_size=8,
+                       iterations=5, warmup=1, optimizer="adam")
+    row = run_trial(trial, "s", None)
+    assert row["status"] == "ok" and row["flops_error"] is None
+    assert row["flops_forward"] == 2 * 8 * (16 * 32 + 32 * 32 + 32 * 10)
+    assert row["flops_backward"] > row["flops_forward"]
+    assert row["achieved_tflops"] > 0 and row["peak_tflops_measured"] > 0
+    assert 0 < row["mfu_measured"] <= 1
+    assert row["mfu_datasheet"] is None and row["gpu_variant"] is None  # no datasheet for a CPU
+    assert (tmp_path / "cache" / "matmul_peaks.json").exists()
+
+    def measure_again(*args, **kwargs):
+        raise AssertionError("the peak is measured once per node, then read from the cache")
+
+    monkeypatch.setattr(peaks, "_measure", measure_again)
+    again = run_trial(trial, "s", None)
+    assert again["peak_tflops_measured"] == row["peak_tflops_measured"]
+
+
+def test_gpt_flops_counted_and_analytic_agree(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    row = run_trial(make_trial(workload="gpt", batch_size=2, iterations=1, warmup=0), "s", None)
+    counted = row["flops_forward"] + row["flops_backward"]
+    assert abs(counted / row["flops_analytic"] - 1) < 0.05
+
+
+def test_flops_can_be_switched_off_and_never_fail_a_trial(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    off = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=1, warmup=0,
+                               count_flops=False), "s", None)
+    assert off["status"] == "ok" and off["flops_forward"] is None and off["mfu_measured"] is None
+    from workloads import utilization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no meta kernel and no cpu either")
+
+    monkeypatch.setattr("workloads.flops.count_step_flops", broken)
+    row = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=1, warmup=0), "s", None)
+    assert row["status"] == "ok" and row["flops_forward"] is None
+    assert row["flops_error"] == "RuntimeError: no meta kernel and no cpu either"
+    assert utilization.COLUMNS[0] == "flops_forward"
