@@ -77,6 +77,11 @@ select
     cast(peak_tflops_measured as double) as peak_tflops_measured,
     cast(mfu_datasheet as double) as mfu_datasheet,
     cast(mfu_measured as double) as mfu_measured,
+    cast(param_bytes as bigint) as param_bytes,
+    cast(grad_bytes as bigint) as grad_bytes,
+    cast(optimizer_state_bytes as bigint) as optimizer_state_bytes,
+    cast(activation_bytes as bigint) as activation_bytes,
+    cast(alloc_retries as bigint) as alloc_retries,
     cast(stepscope_version as varchar) as stepscope_version,
     cast(schema_version as integer) as schema_version
 from raw_trials;
@@ -92,7 +97,10 @@ select
     cast(s.phase as varchar) as phase,
     cast(s.phase_index as integer) as phase_index,
     cast(s.duration_ms as double) as duration_ms,
-    cast(s.host_ms as double) as host_ms
+    cast(s.host_ms as double) as host_ms,
+    cast(s.peak_rss_bytes as bigint) as peak_rss_bytes,
+    cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
+    cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes
 from raw_steps as s
 where exists (
     select 1

@@ -21,7 +21,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from workloads import device as devices
-from workloads import utilization
+from workloads import memory, utilization
 from workloads.api import Trial, Workload
 from workloads.registry import load_builder
 from workloads.schema import PHASES, SCHEMA_VERSION
@@ -29,6 +29,7 @@ from workloads.store import Store
 from workloads.timing import make_timer, phase_ms
 
 N_PHASES = len(PHASES)
+MEMORY_COLUMNS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes", "alloc_retries")
 _WORKER_THREADS: int | None = None  # torch's thread count before any trial changed it
 
 
@@ -53,6 +54,8 @@ class _Measured:
     final_loss: float | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     work: dict[str, Any] = field(default_factory=dict)  # FLOPs and peaks (utilization.py)
+    mem: dict[str, Any] = field(default_factory=dict)  # param/grad/optimizer/activation bytes
+    phase_peaks: list[tuple] = field(default_factory=list)  # per step: (rss, allocated, reserved)
 
 
 def run_trial(
@@ -171,42 +174,69 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: _Mea
     p = trial.params
     warmup, total = p["warmup"], p["warmup"] + p["iterations"]
     timer = make_timer(device.type, N_PHASES, torch)
+    peaks = memory.PhasePeaks(torch, device, N_PHASES)
     make_batch, loss_fn, autocast, scaler = workload.make_batch, workload.loss_fn, precision.autocast, precision.scaler
     cast = precision.param_dtype if precision.param_dtype != torch.float32 else None
+    # Activations are counted on the first warmup step only: the hooks cost time.
+    saved = memory.SavedTensors(model) if warmup else None
+    out.mem["param_bytes"] = memory.param_bytes(model)
     loss = None
     measure_start = 0
-    for step in range(total):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the measured wall clock starts on an idle device
-            measure_start = perf_counter_ns()
-        timer.mark(0)
-        inputs, targets = make_batch()
-        timer.mark(1)
-        inputs, targets = _to(inputs, device, cast), _to(targets, device, cast)
-        timer.mark(2)
-        with autocast():
-            outputs = _call(model, inputs)
-            timer.mark(3)
-            loss = loss_fn(outputs, targets)
-        timer.mark(4)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        timer.mark(5)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        timer.mark(6)
-        # Drop this step's tensors now, so they do not live on into the next
-        # step's phases (a GPT's logits are the largest tensor of its step).
-        loss = loss.detach()
-        del inputs, targets, outputs
-        device_ms, host_ns = timer.read()  # on a GPU: the step's one synchronisation
-        out.device_ms.append(device_ms)
-        out.host_ns.append(host_ns)
+    try:
+        for step in range(total):
+            if step == warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # the measured wall clock starts on an idle device
+                measure_start = perf_counter_ns()
+            hooks = (
+                torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack)
+                if step == 0 and saved is not None
+                else contextlib.nullcontext()
+            )
+            timer.mark(0)
+            peaks.mark(0)
+            inputs, targets = make_batch()
+            timer.mark(1)
+            peaks.mark(1)
+            inputs, targets = _to(inputs, device, cast), _to(targets, device, cast)
+            timer.mark(2)
+            peaks.mark(2)
+            with autocast(), hooks:
+                outputs = _call(model, inputs)
+                timer.mark(3)
+                peaks.mark(3)
+                loss = loss_fn(outputs, targets)
+            timer.mark(4)
+            peaks.mark(4)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            timer.mark(5)
+            peaks.mark(5)
+            if step == 0:
+                out.mem["grad_bytes"] = memory.grad_bytes(model)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            timer.mark(6)
+            peaks.mark(6)
+            # Drop this step's tensors now, so they do not live on into the next
+            # step's phases (a GPT's logits are the largest tensor of its step).
+            loss = loss.detach()
+            del inputs, targets, outputs
+            device_ms, host_ns = timer.read()  # on a GPU: the step's one synchronisation
+            out.device_ms.append(device_ms)
+            out.host_ns.append(host_ns)
+            out.phase_peaks.append(peaks.read())
+    finally:
+        peaks.close()
     out.measured_wall_s = (perf_counter_ns() - measure_start) / 1e9
+    out.mem["optimizer_state_bytes"] = memory.optimizer_state_bytes(optimizer)
+    if saved is not None:
+        out.mem["activation_bytes"] = saved.total
+    if device.type == "cuda":
+        out.mem["alloc_retries"] = int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
     if loss is not None:
         out.final_loss = float(loss.float().item())
 
@@ -307,6 +337,7 @@ def _trial_row(trial, sweep_id, m: _Measured, status, error, started, node_id, a
         "samples_per_s": samples_per_s,
         "final_loss": m.final_loss,
         **{key: m.work.get(key) for key in utilization.COLUMNS},
+        **{key: m.mem.get(key) for key in MEMORY_COLUMNS},
         "stepscope_version": version(),
         "schema_version": SCHEMA_VERSION,
     }
@@ -315,7 +346,7 @@ def _trial_row(trial, sweep_id, m: _Measured, status, error, started, node_id, a
 def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]]:
     warmup = trial.params["warmup"]
     rows = []
-    for it, (dev, host_ns) in enumerate(zip(m.device_ms, m.host_ns, strict=True)):
+    for it, (dev, host_ns, (rss, alloc, reserved)) in enumerate(zip(m.device_ms, m.host_ns, m.phase_peaks, strict=True)):
         host = phase_ms(host_ns)
         if dev is None:  # a CPU: wall time is device time
             dev = host
@@ -330,6 +361,9 @@ def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]
                     "phase_index": i,
                     "duration_ms": dev[i],
                     "host_ms": host[i],
+                    "peak_rss_bytes": rss[i],
+                    "peak_allocated_bytes": alloc[i],
+                    "peak_reserved_bytes": reserved[i],
                 }
             )
     return rows

@@ -104,6 +104,12 @@ TRIALS = pa.schema(
         pa.field("peak_tflops_measured", pa.float64()),  # matmul peak measured on this node
         pa.field("mfu_datasheet", pa.float64()),
         pa.field("mfu_measured", pa.float64()),
+        # Memory, measured from the tensors (workloads.memory).
+        pa.field("param_bytes", pa.int64()),
+        pa.field("grad_bytes", pa.int64()),
+        pa.field("optimizer_state_bytes", pa.int64()),  # per-parameter state; scalar counters aside
+        pa.field("activation_bytes", pa.int64()),  # saved for backward, parameters aside (warmup step 0)
+        pa.field("alloc_retries", pa.int64()),  # CUDA caching allocator retries over the trial
         pa.field("stepscope_version", pa.string(), nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
     ]
@@ -119,6 +125,9 @@ STEPS = pa.schema(
         pa.field("phase_index", pa.int8(), nullable=False),  # position in PHASES
         pa.field("duration_ms", pa.float64(), nullable=False),  # device time on a GPU, wall on a CPU
         pa.field("host_ms", pa.float64(), nullable=False),  # wall time seen by the host
+        pa.field("peak_rss_bytes", pa.int64()),  # process peak resident memory in the phase (Linux)
+        pa.field("peak_allocated_bytes", pa.int64()),  # CUDA allocator peak in the phase; null on a CPU
+        pa.field("peak_reserved_bytes", pa.int64()),
     ]
 )
 

@@ -95,6 +95,11 @@ def trial_row(
         "peak_tflops_measured": None,
         "mfu_datasheet": None,
         "mfu_measured": None,
+        "param_bytes": None,
+        "grad_bytes": None,
+        "optimizer_state_bytes": None,
+        "activation_bytes": None,
+        "alloc_retries": None,
         "stepscope_version": "0.1.0",
         "schema_version": 1,
     }
@@ -127,6 +132,9 @@ def step_rows(
                     "phase_index": index,
                     "duration_ms": ms,
                     "host_ms": ms + host_extra_ms,
+                    "peak_rss_bytes": None,
+                    "peak_allocated_bytes": None,
+                    "peak_reserved_bytes": None,
                 }
             )
     return rows

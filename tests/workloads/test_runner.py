@@ -191,3 +191,35 @@ def test_flops_can_be_switched_off_and_never_fail_a_trial(tmp_path, monkeypatch)
     assert row["status"] == "ok" and row["flops_forward"] is None
     assert row["flops_error"] == "RuntimeError: no meta kernel and no cpu either"
     assert utilization.COLUMNS[0] == "flops_forward"
+
+
+def test_memory_bytes_of_mlp_fp32_adam_are_exact(tmp_path, monkeypatch):
+    """Parameters 4N, gradients 4N, Adam's two moments 8N bytes; bf16 halves the first two."""
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    shape = {"workload": "mlp", "depth": 2, "width": 64, "input_dim": 32, "num_classes": 10,
+             "iterations": 2, "warmup": 1, "optimizer": "adam", "count_flops": False}
+    n = (32 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)
+    row = run_trial(make_trial(batch_size=16, **shape), "s", None)
+    assert row["param_count"] == n
+    assert (row["param_bytes"], row["grad_bytes"], row["optimizer_state_bytes"]) == (4 * n, 4 * n, 8 * n)
+    bf16 = run_trial(make_trial(batch_size=16, precision="bf16", **shape), "s", None)
+    assert (bf16["param_bytes"], bf16["grad_bytes"]) == (2 * n, 2 * n)
+
+
+def test_activation_bytes_scale_with_the_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    shape = {"workload": "mlp", "depth": 3, "width": 256, "input_dim": 128, "iterations": 1, "warmup": 1,
+             "count_flops": False}
+    small = run_trial(make_trial(batch_size=64, **shape), "s", None)["activation_bytes"]
+    large = run_trial(make_trial(batch_size=128, **shape), "s", None)["activation_bytes"]
+    assert small > 0 and large / small == pytest.approx(2.0, abs=0.05)
+    none = run_trial(make_trial(batch_size=64, **{**shape, "warmup": 0}), "s", None)
+    assert none["activation_bytes"] is None  # counted on a warmup step only: the hooks cost time
+
+
+def test_peak_rss_per_phase_on_a_cpu(tmp_path):
+    trial = make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=2, warmup=0, count_flops=False)
+    run_trial(trial, "s", Store(str(tmp_path)))
+    steps = read(tmp_path, "steps")
+    assert all(s["peak_rss_bytes"] > 10_000_000 for s in steps)  # a Python process with torch: tens of MB
+    assert all(s["peak_allocated_bytes"] is None and s["peak_reserved_bytes"] is None for s in steps)

@@ -1,0 +1,123 @@
+"""Where a step's memory goes, measured from the tensors and the allocator, not from formulas.
+
+- Per trial: bytes of parameters, gradients, optimizer state, and activations
+  (what autograd saved for backward, counted with saved-tensor hooks on the first
+  warmup step; storage that belongs to a parameter is already in `param_bytes`
+  and is not counted again; a storage saved twice counts once).
+- Per phase of every step: on CUDA the allocator's peak allocated and reserved
+  bytes (peaks reset at each phase boundary; host-side allocator statistics, no
+  synchronisation); on every device the process's peak resident memory, reset at
+  each boundary through /proc/self/clear_refs (Linux; null elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def param_bytes(model: Any) -> int:
+    return tensor_bytes(model.parameters())
+
+
+def grad_bytes(model: Any) -> int:
+    return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+
+
+def optimizer_state_bytes(optimizer: Any) -> int:
+    """Per-parameter state (Adam's two moments, SGD's momentum). Scalar bookkeeping
+    such as Adam's `step` counters is left out: it is not a per-parameter buffer."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if hasattr(value, "numel") and value.dim() > 0:
+                total += value.numel() * value.element_size()
+    return total
+
+
+class SavedTensors:
+    """A `torch.autograd.graph.saved_tensors_hooks` pair that adds up what autograd saves."""
+
+    def __init__(self, model: Any) -> None:
+        self.param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t: Any) -> Any:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.param_storages and ptr not in self.storages:
+            self.storages[ptr] = storage.nbytes()
+        return t
+
+    @staticmethod
+    def unpack(t: Any) -> Any:
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+class PeakRss:
+    """Peak resident set size between boundaries, via the kernel's high-water mark."""
+
+    def __init__(self) -> None:
+        try:
+            self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
+            self._status = os.open("/proc/self/status", os.O_RDONLY)
+            self.reset()
+            self.available = self.read() is not None
+        except OSError:
+            self.available = False
+
+    def reset(self) -> None:
+        os.write(self._clear, b"5")  # 5: reset the peak RSS (VmHWM) to the current RSS
+
+    def read(self) -> int | None:
+        data = os.pread(self._status, 8192, 0)
+        i = data.find(b"VmHWM:")
+        if i < 0:
+            return None
+        return int(data[i + 6 : data.index(b"kB", i)]) * 1024
+
+    def close(self) -> None:
+        if self.available:
+            os.close(self._clear)
+            os.close(self._status)
+
+
+class PhasePeaks:
+    """Called at every phase boundary, right after the timer: records the peaks of
+    the phase that just ended and resets them for the next one."""
+
+    def __init__(self, torch: Any, device: Any, n_phases: int) -> None:
+        self.rss = PeakRss()
+        self.cuda = torch.cuda if device.type == "cuda" else None
+        self.device = device
+        self.n = n_phases
+        self._rss = [None] * n_phases
+        self._alloc = [None] * n_phases
+        self._reserved = [None] * n_phases
+
+    def mark(self, boundary: int) -> None:
+        rss, cuda = self.rss, self.cuda
+        if boundary:
+            if rss.available:
+                self._rss[boundary - 1] = rss.read()
+            if cuda is not None:
+                self._alloc[boundary - 1] = cuda.max_memory_allocated(self.device)
+                self._reserved[boundary - 1] = cuda.max_memory_reserved(self.device)
+        if rss.available:
+            rss.reset()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> tuple[tuple, tuple, tuple]:
+        return tuple(self._rss), tuple(self._alloc), tuple(self._reserved)
+
+    def close(self) -> None:
+        self.rss.close()
