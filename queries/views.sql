@@ -82,6 +82,10 @@ select
     cast(optimizer_state_bytes as bigint) as optimizer_state_bytes,
     cast(activation_bytes as bigint) as activation_bytes,
     cast(alloc_retries as bigint) as alloc_retries,
+    cast(cuda_context_bytes as bigint) as cuda_context_bytes,
+    cast(nvml_used_bytes as bigint) as nvml_used_bytes,
+    cast(non_torch_bytes as bigint) as non_torch_bytes,
+    cast(nvml_memory_scope as varchar) as nvml_memory_scope,
     cast(stepscope_version as varchar) as stepscope_version,
     cast(schema_version as integer) as schema_version
 from raw_trials;
@@ -98,6 +102,7 @@ select
     cast(s.phase_index as integer) as phase_index,
     cast(s.duration_ms as double) as duration_ms,
     cast(s.host_ms as double) as host_ms,
+    cast(s.gpu_gap_ms as double) as gpu_gap_ms,
     cast(s.peak_rss_bytes as bigint) as peak_rss_bytes,
     cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
     cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes
@@ -107,6 +112,59 @@ where exists (
     from raw_trials as t
     where t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
 );
+
+-- One row per device (device_uuid: NVML's UUID on a GPU, CPU-<host> on a CPU),
+-- as last seen by a committed trial. Join with trials on device_uuid.
+create or replace view devices as
+with committed as (
+    select d.*
+    from raw_devices as d
+    where exists (
+        select 1
+        from raw_trials as t
+        where t.sweep_id = d.sweep_id and t.trial_id = d.trial_id
+    )
+),
+
+latest as (
+    select
+        *,
+        row_number() over (partition by device_uuid order by observed_at desc, sweep_id desc, trial_id desc) as seen
+    from committed
+)
+
+select
+    cast(sweep_id as varchar) as sweep_id,
+    cast(trial_id as varchar) as trial_id,
+    cast(device_uuid as varchar) as device_uuid,
+    cast(observed_at as timestamptz) as observed_at,
+    cast(device_kind as varchar) as device_kind,
+    cast(device_name as varchar) as device_name,
+    cast(gpu_variant as varchar) as gpu_variant,
+    cast(device_memory_bytes as bigint) as device_memory_bytes,
+    cast(sm_count as integer) as sm_count,
+    cast(compute_capability as varchar) as compute_capability,
+    cast(pci_bus_id as varchar) as pci_bus_id,
+    cast(sm_clock_mhz as integer) as sm_clock_mhz,
+    cast(mem_clock_mhz as integer) as mem_clock_mhz,
+    cast(sm_clock_max_mhz as integer) as sm_clock_max_mhz,
+    cast(mem_clock_max_mhz as integer) as mem_clock_max_mhz,
+    cast(power_limit_w as double) as power_limit_w,
+    cast(ecc_enabled as boolean) as ecc_enabled,
+    cast(mig_enabled as boolean) as mig_enabled,
+    cast(driver_version as varchar) as driver_version,
+    cast(cuda_driver_version as varchar) as cuda_driver_version,
+    cast(cuda_version as varchar) as cuda_version,
+    cast(cudnn_version as varchar) as cudnn_version,
+    cast(torch_version as varchar) as torch_version,
+    cast(cpu_model as varchar) as cpu_model,
+    cast(cpu_count as integer) as cpu_count,
+    cast(host_memory_bytes as bigint) as host_memory_bytes,
+    cast(host as varchar) as host,
+    cast(node_id as varchar) as node_id,
+    cast(nvml_unavailable as varchar) as nvml_unavailable
+from latest
+where seen = 1;
 
 -- Convenience: one row per trial and step, its phases summed. phase_count
 -- tells a whole step (every phase) from one cut short by an error.
@@ -118,6 +176,7 @@ select
     is_warmup,
     sum(duration_ms) as duration_ms,
     sum(host_ms) as host_ms,
+    sum(gpu_gap_ms) as gpu_gap_ms,
     count(*) as phase_count
 from steps
 group by sweep_id, trial_id, iteration, is_warmup;

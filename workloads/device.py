@@ -1,13 +1,15 @@
 """Which device a trial runs on, and the facts about it that go into `trials`.
 
-CUDA facts come from torch; the driver version and the device UUID from NVML
-when `pynvml` (nvidia-ml-py) and a driver are present. NVML numbers devices
+CUDA facts come from torch; the driver version, the exact name, clocks, power
+limit, ECC and MIG modes from NVML (`workloads.identity`) when `pynvml`
+(nvidia-ml-py) and a driver are present. `device_row` makes the `devices` row. NVML numbers devices
 physically, while torch numbers them after CUDA_VISIBLE_DEVICES (Ray sets it),
 so the two are matched by UUID, never by index.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -47,6 +49,8 @@ def describe(torch: Any, device: Any, nvml: Any | None = None) -> dict[str, Any]
         "torch_version": str(torch.__version__),
         "cuda_version": torch.version.cuda,
         "cudnn_version": _cudnn_version(torch),
+        "cpu_model": cpu_model(),
+        "host_memory_bytes": host_memory_bytes(),
     }
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -62,7 +66,8 @@ def describe(torch: Any, device: Any, nvml: Any | None = None) -> dict[str, Any]
         facts["device_uuid"] = uuid
         facts.update(nvml_facts(uuid, nvml))
     else:
-        facts["device_name"] = cpu_model()
+        facts["device_name"] = facts["cpu_model"]
+        facts["device_uuid"] = cpu_uuid(facts["host"])
     return facts
 
 
@@ -83,34 +88,76 @@ def _torch_uuid(props: Any) -> str | None:
 
 
 def nvml_facts(uuid: str | None, nvml: Any | None = None) -> dict[str, Any]:
-    """Driver version and NVML's name and memory for the device with this UUID.
+    """NVML's identity of the device with this UUID (`workloads.identity.nvml_identity`,
+    under "identity"), and the driver version, name and memory it gives the trial row.
 
     Returns {} when NVML is not installed or not usable (no driver, a container
-    without the management library): those facts are then simply null.
+    without the management library) or does not know the UUID: those facts are
+    then simply null.
     """
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
-            return {}
-    try:
-        nvml.nvmlInit()
-    except Exception:
+    from workloads.identity import identity_by_uuid
+
+    if not uuid:
         return {}
-    try:
-        out: dict[str, Any] = {"driver_version": _text(nvml.nvmlSystemGetDriverVersion())}
-        if uuid:
-            handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
-            out["device_name"] = _text(nvml.nvmlDeviceGetName(handle))
-            out["device_memory_bytes"] = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-        return out
-    except Exception:
+    ident = identity_by_uuid(uuid, nvml)
+    if not ident:
         return {}
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            pass
+    out: dict[str, Any] = {"identity": ident, "driver_version": ident.get("driver_version")}
+    for key in ("device_name", "device_memory_bytes"):
+        if ident.get(key) is not None:
+            out[key] = ident[key]
+    return out
+
+
+def cpu_uuid(host: str) -> str:
+    """The `device_uuid` of a host's CPU: a CPU has no UUID, the host names it."""
+    return f"CPU-{host}"
+
+
+def host_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def device_row(facts: dict[str, Any], *, sweep_id: str, trial_id: str, node_id: str | None,
+               observed_at: Any) -> dict[str, Any]:
+    """The `devices` row for the device a trial ran on (`describe`'s facts)."""
+    ident = facts.get("identity") or {}
+    unavailable = ident.get("nvml_unavailable")
+    cuda = facts["device_kind"] == "cuda"
+    return {
+        "sweep_id": sweep_id,
+        "trial_id": trial_id,
+        "device_uuid": facts["device_uuid"] or f"unknown-{facts['host']}-{facts.get('device_index')}",
+        "observed_at": observed_at,
+        "device_kind": facts["device_kind"],
+        "device_name": facts["device_name"],
+        "gpu_variant": ident.get("gpu_variant"),
+        "device_memory_bytes": facts["device_memory_bytes"],
+        "sm_count": facts["sm_count"],
+        "compute_capability": facts["compute_capability"],
+        "pci_bus_id": ident.get("pci_bus_id"),
+        "sm_clock_mhz": ident.get("sm_clock_mhz"),
+        "mem_clock_mhz": ident.get("mem_clock_mhz"),
+        "sm_clock_max_mhz": ident.get("sm_clock_max_mhz"),
+        "mem_clock_max_mhz": ident.get("mem_clock_max_mhz"),
+        "power_limit_w": ident.get("power_limit_w"),
+        "ecc_enabled": ident.get("ecc_enabled"),
+        "mig_enabled": ident.get("mig_enabled"),
+        "driver_version": facts["driver_version"],
+        "cuda_driver_version": ident.get("cuda_driver_version"),
+        "cuda_version": facts["cuda_version"] if cuda else None,
+        "cudnn_version": facts["cudnn_version"] if cuda else None,
+        "torch_version": facts["torch_version"],
+        "cpu_model": facts.get("cpu_model"),
+        "cpu_count": facts["cpu_count"],
+        "host_memory_bytes": facts.get("host_memory_bytes"),
+        "host": facts["host"],
+        "node_id": node_id,
+        "nvml_unavailable": json.dumps(unavailable, sort_keys=True) if unavailable else None,
+    }
 
 
 def _text(value: Any) -> str:

@@ -8,6 +8,9 @@
   bytes (peaks reset at each phase boundary; host-side allocator statistics, no
   synchronisation); on every device the process's peak resident memory, reset at
   each boundary through /proc/self/clear_refs (Linux; null elsewhere).
+- On CUDA, from NVML, the memory torch's allocator does not see: the CUDA
+  context (measured right after it is created) and, after the measured steps,
+  everything the process holds beyond torch's reserved pool.
 """
 
 from __future__ import annotations
@@ -123,3 +126,44 @@ class PhasePeaks:
 
     def close(self) -> None:
         self.rss.close()
+
+
+def nvml_used_bytes(uuid: str | None, pid: int | None = None, nvml: Any | None = None) -> tuple[int | None, str | None]:
+    """GPU memory in use as NVML sees it: (bytes, scope).
+
+    Scope "process": what this process holds on the device (its CUDA context,
+    torch's reserved pool, cuBLAS/cuDNN workspaces...), from
+    nvmlDeviceGetComputeRunningProcesses. Where NVML lists no such pid (a
+    container with its own pid namespace, a driver that does not report
+    per-process use) the fallback is the whole device's used memory, scope
+    "device". (None, None) without NVML, a driver, or a UUID.
+    """
+    if not uuid:
+        return None, None
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None, None
+    try:
+        nvml.nvmlInit()
+    except Exception:  # no driver or no libnvidia-ml
+        return None, None
+    try:
+        handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+        pid = os.getpid() if pid is None else pid
+        try:
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used = getattr(proc, "usedGpuMemory", None)
+                if proc.pid == pid and used is not None:
+                    return int(used), "process"
+        except Exception:  # NVMLError_NotSupported and friends: fall back to the device
+            pass
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "device"
+    except Exception:  # an unknown UUID
+        return None, None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass

@@ -29,7 +29,10 @@ from workloads.store import Store
 from workloads.timing import make_timer, phase_ms
 
 N_PHASES = len(PHASES)
-MEMORY_COLUMNS = ("param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes", "alloc_retries")
+MEMORY_COLUMNS = (
+    "param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes", "alloc_retries",
+    "cuda_context_bytes", "nvml_used_bytes", "non_torch_bytes", "nvml_memory_scope",
+)
 _WORKER_THREADS: int | None = None  # torch's thread count before any trial changed it
 
 
@@ -47,6 +50,7 @@ class _Measured:
     """What the loop produced; filled in as it goes so a crash keeps what ran."""
 
     device_ms: list[list[float] | None] = field(default_factory=list)  # None: same as host (CPU)
+    gaps_ms: list[list[float | None] | None] = field(default_factory=list)  # GPU idle before each phase
     host_ns: list[tuple[int, ...]] = field(default_factory=list)  # clock at each phase boundary
     model_to_device_ms: float | None = None
     param_count: int | None = None
@@ -82,7 +86,13 @@ def run_trial(
         error = _describe_error(exc)
     trial_row = _trial_row(trial, sweep_id, measured, status, error, started, node_id, attempt)
     if store is not None:
-        store.write_trial(sweep_id, trial.trial_id, trial_row, _step_rows(trial, sweep_id, measured))
+        device_rows = (
+            [devices.device_row(measured.facts, sweep_id=sweep_id, trial_id=trial.trial_id, node_id=node_id,
+                                observed_at=started)]
+            if measured.facts
+            else []
+        )
+        store.write_trial(sweep_id, trial.trial_id, trial_row, _step_rows(trial, sweep_id, measured), device_rows)
     return trial_row
 
 
@@ -121,6 +131,9 @@ def _run(trial: Trial, out: _Measured, search_paths: list[str]) -> None:
         # Create the CUDA context first: its start-up is not the model's transfer.
         torch.empty(1, device=device)
         torch.cuda.synchronize(device)
+        used, scope = memory.nvml_used_bytes(out.facts["device_uuid"])
+        if used is not None:
+            out.mem["cuda_context_bytes"] = used - torch.cuda.memory_reserved(device)
     t0 = perf_counter_ns()
     model = model.to(device=device, dtype=precision.param_dtype)
     if device.type == "cuda":
@@ -173,8 +186,8 @@ def make_optimizer(torch: Any, name: str, params: list, lr: float) -> Any:
 def _loop(torch, trial, workload, model, optimizer, device, precision, out: _Measured) -> None:
     p = trial.params
     warmup, total = p["warmup"], p["warmup"] + p["iterations"]
-    timer = make_timer(device.type, N_PHASES, torch)
     peaks = memory.PhasePeaks(torch, device, N_PHASES)
+    timer = make_timer(device.type, N_PHASES, torch, between=peaks.mark)  # peaks: off the device's clock
     make_batch, loss_fn, autocast, scaler = workload.make_batch, workload.loss_fn, precision.autocast, precision.scaler
     cast = precision.param_dtype if precision.param_dtype != torch.float32 else None
     # Activations are counted on the first warmup step only: the hooks cost time.
@@ -194,23 +207,17 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: _Mea
                 else contextlib.nullcontext()
             )
             timer.mark(0)
-            peaks.mark(0)
             inputs, targets = make_batch()
             timer.mark(1)
-            peaks.mark(1)
             inputs, targets = _to(inputs, device, cast), _to(targets, device, cast)
             timer.mark(2)
-            peaks.mark(2)
             with autocast(), hooks:
                 outputs = _call(model, inputs)
                 timer.mark(3)
-                peaks.mark(3)
                 loss = loss_fn(outputs, targets)
             timer.mark(4)
-            peaks.mark(4)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             timer.mark(5)
-            peaks.mark(5)
             if step == 0:
                 out.mem["grad_bytes"] = memory.grad_bytes(model)
             if scaler is not None:
@@ -220,13 +227,13 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: _Mea
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             timer.mark(6)
-            peaks.mark(6)
             # Drop this step's tensors now, so they do not live on into the next
             # step's phases (a GPT's logits are the largest tensor of its step).
             loss = loss.detach()
             del inputs, targets, outputs
-            device_ms, host_ns = timer.read()  # on a GPU: the step's one synchronisation
+            device_ms, gaps, host_ns = timer.read()  # on a GPU: the step's one synchronisation
             out.device_ms.append(device_ms)
+            out.gaps_ms.append(gaps)
             out.host_ns.append(host_ns)
             out.phase_peaks.append(peaks.read())
     finally:
@@ -237,6 +244,13 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: _Mea
         out.mem["activation_bytes"] = saved.total
     if device.type == "cuda":
         out.mem["alloc_retries"] = int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
+        used, scope = memory.nvml_used_bytes(out.facts["device_uuid"])
+        if used is not None:
+            out.mem.update(
+                nvml_used_bytes=used,
+                non_torch_bytes=used - torch.cuda.memory_reserved(device),
+                nvml_memory_scope=scope,
+            )
     if loss is not None:
         out.final_loss = float(loss.float().item())
 
@@ -346,10 +360,13 @@ def _trial_row(trial, sweep_id, m: _Measured, status, error, started, node_id, a
 def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]]:
     warmup = trial.params["warmup"]
     rows = []
-    for it, (dev, host_ns, (rss, alloc, reserved)) in enumerate(zip(m.device_ms, m.host_ns, m.phase_peaks, strict=True)):
+    no_gaps = (None,) * N_PHASES
+    for it, (dev, gaps, host_ns, (rss, alloc, reserved)) in enumerate(
+        zip(m.device_ms, m.gaps_ms, m.host_ns, m.phase_peaks, strict=True)
+    ):
         host = phase_ms(host_ns)
-        if dev is None:  # a CPU: wall time is device time
-            dev = host
+        if dev is None:  # a CPU: wall time is device time, and there is no device to sit idle
+            dev, gaps = host, no_gaps
         for i, phase in enumerate(PHASES):
             rows.append(
                 {
@@ -361,6 +378,7 @@ def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]
                     "phase_index": i,
                     "duration_ms": dev[i],
                     "host_ms": host[i],
+                    "gpu_gap_ms": gaps[i],
                     "peak_rss_bytes": rss[i],
                     "peak_allocated_bytes": alloc[i],
                     "peak_reserved_bytes": reserved[i],

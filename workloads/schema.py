@@ -9,11 +9,12 @@ Layout of a store (hive-style partitions by table and sweep)::
     STORE/sweeps/sweep_id=<id>/sweep.parquet
     STORE/trials/sweep_id=<id>/<trial_id>.parquet
     STORE/steps/sweep_id=<id>/<trial_id>.parquet
+    STORE/devices/sweep_id=<id>/<trial_id>.parquet
 
 Every file also carries `sweep_id` as a column, so a single file read on its
 own is complete. A trial's `trials` file is written last and is the commit
-record: a `steps` file without its `trials` row is an interrupted write and the
-views ignore it.
+record: a `steps` or `devices` file without its `trials` row is an interrupted
+write and the views ignore it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ TRIALS = pa.schema(
         pa.field("optimizer_state_bytes", pa.int64()),  # per-parameter state; scalar counters aside
         pa.field("activation_bytes", pa.int64()),  # saved for backward, parameters aside (warmup step 0)
         pa.field("alloc_retries", pa.int64()),  # CUDA caching allocator retries over the trial
+        # GPU memory that torch's allocator does not see, from NVML (null on a CPU or without NVML).
+        pa.field("cuda_context_bytes", pa.int64()),  # right after the CUDA context was created
+        pa.field("nvml_used_bytes", pa.int64()),  # after the measured steps
+        pa.field("non_torch_bytes", pa.int64()),  # nvml_used_bytes - torch's reserved, same moment
+        pa.field("nvml_memory_scope", pa.string()),  # 'process' (this pid) or 'device' (whole GPU)
         pa.field("stepscope_version", pa.string(), nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
     ]
@@ -125,13 +131,49 @@ STEPS = pa.schema(
         pa.field("phase_index", pa.int8(), nullable=False),  # position in PHASES
         pa.field("duration_ms", pa.float64(), nullable=False),  # device time on a GPU, wall on a CPU
         pa.field("host_ms", pa.float64(), nullable=False),  # wall time seen by the host
+        pa.field("gpu_gap_ms", pa.float64()),  # GPU idle before the phase (CUDA events); null on a CPU
         pa.field("peak_rss_bytes", pa.int64()),  # process peak resident memory in the phase (Linux)
         pa.field("peak_allocated_bytes", pa.int64()),  # CUDA allocator peak in the phase; null on a CPU
         pa.field("peak_reserved_bytes", pa.int64()),
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "trials": TRIALS, "steps": STEPS}
+#: One row per device a trial ran on (views.sql's `devices` keeps the latest per device_uuid).
+DEVICES = pa.schema(
+    [
+        pa.field("sweep_id", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("device_uuid", pa.string(), nullable=False),  # NVML's GPU-/MIG- UUID; CPU-<host> on a CPU
+        pa.field("observed_at", _TS, nullable=False),
+        pa.field("device_kind", pa.string(), nullable=False),  # cuda | cpu
+        pa.field("device_name", pa.string()),  # NVML's name on a GPU, the CPU model on a CPU
+        pa.field("gpu_variant", pa.string()),  # e.g. H100-SXM-80GB (workloads.identity)
+        pa.field("device_memory_bytes", pa.int64()),
+        pa.field("sm_count", pa.int32()),
+        pa.field("compute_capability", pa.string()),
+        pa.field("pci_bus_id", pa.string()),
+        pa.field("sm_clock_mhz", pa.int32()),  # at the trial's start
+        pa.field("mem_clock_mhz", pa.int32()),
+        pa.field("sm_clock_max_mhz", pa.int32()),
+        pa.field("mem_clock_max_mhz", pa.int32()),
+        pa.field("power_limit_w", pa.float64()),
+        pa.field("ecc_enabled", pa.bool_()),
+        pa.field("mig_enabled", pa.bool_()),
+        pa.field("driver_version", pa.string()),
+        pa.field("cuda_driver_version", pa.string()),  # what the driver supports
+        pa.field("cuda_version", pa.string()),  # the CUDA runtime torch was built with
+        pa.field("cudnn_version", pa.string()),
+        pa.field("torch_version", pa.string()),
+        pa.field("cpu_model", pa.string()),  # the host's CPU, on every device kind
+        pa.field("cpu_count", pa.int32()),
+        pa.field("host_memory_bytes", pa.int64()),
+        pa.field("host", pa.string()),
+        pa.field("node_id", pa.string()),  # Ray node, null outside Ray
+        pa.field("nvml_unavailable", pa.string()),  # JSON {field: NVML's reason} for fields NVML could not give
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "trials": TRIALS, "steps": STEPS, "devices": DEVICES}
 
 
 def check_rows(table: str, rows: list[dict]) -> pa.Table:

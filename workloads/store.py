@@ -5,7 +5,7 @@ a hidden temporary file beside the target, fsync it, then rename it over the
 target, which POSIX makes atomic. On an object store a single PUT is already
 atomic: the object is visible whole once the upload completes, never before.
 
-Within a trial the `steps` file is written before the `trials` file; the
+Within a trial the `steps` and `devices` files are written before the `trials` file; the
 `trials` row is the commit record (see `workloads.schema`).
 """
 
@@ -92,9 +92,12 @@ class Store:
                 raise StoreError(f"--store {self.location}: cannot write {final}: {_one_line(exc)}") from None
         return final
 
-    def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict]) -> None:
-        """Steps first, then the trials row that commits them."""
+    def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict],
+                    device_rows: Sequence[dict] = ()) -> None:
+        """Steps and the device first, then the trials row that commits them."""
         self.write("steps", sweep_id, trial_id, step_rows)
+        if device_rows:
+            self.write("devices", sweep_id, trial_id, device_rows)
         self.write("trials", sweep_id, trial_id, [trial_row])
 
     def write_sweep(self, row: dict) -> None:

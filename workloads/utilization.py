@@ -65,11 +65,12 @@ def rates(torch: Any, device: Any, precision: str, work: Mapping[str, Any], wall
 
 
 def _variant(facts: Mapping[str, Any]) -> str | None:
-    from workloads.identity import gpu_variant, identity_by_uuid
+    from workloads.identity import gpu_variant
 
-    uuid = facts.get("device_uuid")
-    ident = identity_by_uuid(uuid) if uuid else {}
-    name = ident.get("device_name") or facts.get("device_name")
+    ident = facts.get("identity") or {}  # NVML's, read once by workloads.device.describe
+    if ident.get("gpu_variant"):
+        return ident["gpu_variant"]
+    name = facts.get("device_name")
     if not name:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Row builders for the three tables and a tmp store to write them into.
+"""Row builders for the tables and a tmp store to write them into.
 
 Rows carry exactly the columns of `workloads.schema` (the writer refuses any
 other), with plausible values; a test overrides only what it is about. Tests
@@ -100,6 +100,10 @@ def trial_row(
         "optimizer_state_bytes": None,
         "activation_bytes": None,
         "alloc_retries": None,
+        "cuda_context_bytes": None,
+        "nvml_used_bytes": None,
+        "non_torch_bytes": None,
+        "nvml_memory_scope": None,
         "stepscope_version": "0.1.0",
         "schema_version": 1,
     }
@@ -132,12 +136,49 @@ def step_rows(
                     "phase_index": index,
                     "duration_ms": ms,
                     "host_ms": ms + host_extra_ms,
+                    "gpu_gap_ms": None,
                     "peak_rss_bytes": None,
                     "peak_allocated_bytes": None,
                     "peak_reserved_bytes": None,
                 }
             )
     return rows
+
+
+def device_row(sweep_id: str = "s1", trial_id: str = "t1", device_uuid: str = "CPU-worker",
+               observed_at: datetime = T0, **overrides) -> dict:
+    row = {
+        "sweep_id": sweep_id,
+        "trial_id": trial_id,
+        "device_uuid": device_uuid,
+        "observed_at": observed_at,
+        "device_kind": "cpu",
+        "device_name": "cpu",
+        "gpu_variant": None,
+        "device_memory_bytes": None,
+        "sm_count": None,
+        "compute_capability": None,
+        "pci_bus_id": None,
+        "sm_clock_mhz": None,
+        "mem_clock_mhz": None,
+        "sm_clock_max_mhz": None,
+        "mem_clock_max_mhz": None,
+        "power_limit_w": None,
+        "ecc_enabled": None,
+        "mig_enabled": None,
+        "driver_version": None,
+        "cuda_driver_version": None,
+        "cuda_version": None,
+        "cudnn_version": None,
+        "torch_version": "2.4.0",
+        "cpu_model": "cpu",
+        "cpu_count": 4,
+        "host_memory_bytes": 2**34,
+        "host": "worker",
+        "node_id": None,
+        "nvml_unavailable": None,
+    }
+    return _merge(row, overrides)
 
 
 def write_trial(
@@ -172,8 +213,8 @@ def store(tmp_path) -> Store:
 
 @pytest.fixture
 def rows() -> SimpleNamespace:
-    """The row builders: rows.sweep(...), rows.trial(...), rows.steps(...), rows.T0."""
-    return SimpleNamespace(sweep=sweep_row, trial=trial_row, steps=step_rows, T0=T0)
+    """The row builders: rows.sweep(...), rows.trial(...), rows.steps(...), rows.device(...), rows.T0."""
+    return SimpleNamespace(sweep=sweep_row, trial=trial_row, steps=step_rows, device=device_row, T0=T0)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from analysis.queries import (
 )
 from analysis.warehouse import connect
 
-NAMED = ("backward_forward_ratio", "phase_breakdown", "trials")
+NAMED = ("backward_forward_ratio", "phase_breakdown", "trials", "memory_breakdown", "batch_scaling")
 
 
 def records(result: tuple[list[str], list[tuple]]) -> list[dict]:
@@ -312,3 +312,93 @@ def test_utilization_rates_and_mfu(store, write):
     assert row["forward_tflops"] == 0.2  # 1e9 FLOP / 5 ms
     assert row["backward_tflops"] == 0.25  # 2e9 FLOP / 8 ms
     assert (row["mfu_measured"], row["peak_tflops_datasheet"], row["gpu_variant"]) == (0.3, 989.4, "H100-SXM-80GB")
+
+
+MIB = 2**20
+
+
+def write_steps(store, rows, sweep_id, trial_id, trial, steps_edit):
+    """A trial whose step rows `steps_edit(row)` adjusts (gaps, host times, peaks)."""
+    steps = rows.steps(sweep_id, trial_id, {"forward": [1.0, 1.0, 1.0]}, warmup=1)
+    for row in steps:
+        steps_edit(row)
+    store.write_trial(sweep_id, trial_id, trial, steps)
+
+
+def test_memory_breakdown_of_a_gpu_trial(store, write, rows):
+    write.sweep("s1")
+    peaks = {"forward": 700, "backward": 900, "optimizer": 800}  # MiB allocated; reserved is 1 GiB
+
+    def edit(row):
+        allocated = peaks.get(row["phase"], 600) * MIB
+        if row["is_warmup"]:
+            allocated *= 2  # warmup peaks (autotuning, first allocations) are left out
+        row.update(peak_allocated_bytes=allocated, peak_reserved_bytes=1024 * MIB, peak_rss_bytes=3000 * MIB)
+
+    trial = rows.trial(
+        "s1", "t1", device_kind="cuda", device_memory_bytes=80 * 1024 * MIB, param_bytes=4 * MIB,
+        grad_bytes=4 * MIB, optimizer_state_bytes=8 * MIB, activation_bytes=50 * MIB,
+        cuda_context_bytes=500 * MIB, non_torch_bytes=1024 * MIB, nvml_used_bytes=2048 * MIB,
+        nvml_memory_scope="process", alloc_retries=0,
+    )
+    write_steps(store, rows, "s1", "t1", trial, edit)
+    write.trial("s1", "t2", {"forward": [1.0]}, trial_index=1, status="failed")  # not a result: left out
+    (row,) = records(run_query(connect(store), "memory_breakdown", {}))
+    assert (row["param_mib"], row["grad_mib"], row["optimizer_state_mib"], row["activation_mib"]) == (4, 4, 8, 50)
+    assert (row["peak_allocated_mib"], row["peak_reserved_mib"], row["peak_phase"]) == (900, 1024, "backward")
+    assert (row["cuda_context_mib"], row["non_torch_mib"], row["nvml_memory_scope"]) == (500, 1024, "process")
+    assert row["used_pct"] == 2.5  # (1 GiB reserved + 1 GiB non-torch) / 80 GiB
+    assert row["peak_rss_mib"] == 3000 and row["trials"] == 1
+
+
+def test_memory_breakdown_on_a_cpu_has_no_allocator_columns(store, write):
+    write.sweep("s1")
+    write.trial("s1", "t1", {"forward": [1.0]}, param_bytes=4000, activation_bytes=2 * MIB)
+    (row,) = records(run_query(connect(store), "memory_breakdown", {}))
+    assert row["activation_mib"] == 2 and row["peak_allocated_mib"] is None and row["used_pct"] is None
+
+
+def test_launch_bound_tells_a_starved_gpu_from_a_busy_one(store, write, rows):
+    write.sweep("s1")
+
+    def busy(row):  # the host launches in a tenth of the device's time, no gaps
+        row.update(host_ms=row["duration_ms"] / 10, gpu_gap_ms=0.0)
+
+    def starved(row):  # every kernel is done before the next launch: device time follows host time
+        row.update(host_ms=row["duration_ms"] * 1.02, gpu_gap_ms=0.5 if row["phase"] == "data" else 0.0)
+
+    for trial_id, batch, edit in (("big", 256, busy), ("small", 2, starved)):
+        trial = rows.trial("s1", trial_id, device_kind="cuda", batch_size=batch, config_id=trial_id)
+        write_steps(store, rows, "s1", trial_id, trial, edit)
+    write.trial("s1", "cpu", {"forward": [1.0]}, config_id="cpu")  # a CPU has no device to wait for
+    got = {r["config_id"]: r for r in records(run_query(connect(store), "launch_bound", {}))}
+    assert set(got) == {"big", "small"}
+    assert got["big"]["launch_bound"] is False and got["big"]["host_device_ratio"] == 0.1
+    assert got["small"]["launch_bound"] is True and got["small"]["host_device_ratio"] == 1.02
+    # six phases of 1 ms, 0.5 ms idle before each step's data phase
+    assert (got["small"]["step_ms"], got["small"]["gap_ms"], got["small"]["idle_pct"]) == (6.0, 0.5, 7.7)
+    assert got["small"]["steps"] == 2  # measured steps only
+    stricter = records(run_query(connect(store), "launch_bound", {"threshold": "1.05"}))
+    assert not any(r["launch_bound"] for r in stricter)
+
+
+def test_batch_scaling_compares_each_series_with_its_smallest_batch(store, write, rows):
+    write.sweep("s1")
+    cases = [  # (trial, depth, batch, samples/s, forward ms)
+        ("a16", 2, 16, 1000.0, 1.0),
+        ("a64", 2, 64, 3000.0, 2.0),
+        ("a64r", 2, 64, 3000.0, 2.0),  # a repeat: another seed, the same point
+        ("b16", 8, 16, 500.0, 3.0),  # another depth: another series
+    ]
+    for i, (trial_id, depth, batch, sps, ms) in enumerate(cases):
+        params = f'{{"workload": "mlp", "depth": {depth}, "batch_size": {batch}, "seed": {i}}}'
+        write.trial("s1", trial_id, {"forward": [ms]}, trial_index=i, batch_size=batch, samples_per_s=sps,
+                    params=params, seed=i)
+    got = records(run_query(connect(store), "batch_scaling", {}))
+    assert len({r["series"] for r in got}) == 2
+    by_batch = {(r["series"], r["batch_size"]): r for r in got}
+    (series_a,) = {r["series"] for r in got if r["batch_size"] == 64}
+    row = by_batch[(series_a, 64)]
+    assert (row["trials"], row["samples_per_s"], row["throughput_x"], row["efficiency_pct"]) == (2, 3000, 3, 75)
+    assert row["step_ms"] == 7.0  # forward 2 ms + five phases of 1 ms
+    assert by_batch[(series_a, 16)]["throughput_x"] == 1 and by_batch[(series_a, 16)]["efficiency_pct"] == 100

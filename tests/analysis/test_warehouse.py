@@ -18,7 +18,7 @@ from analysis.warehouse import connect
 from workloads.schema import TABLES
 from workloads.store import Store, StoreError
 
-VIEWS = ("sweeps", "trials", "steps")
+VIEWS = ("sweeps", "trials", "steps", "devices")
 
 
 def columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
@@ -39,7 +39,7 @@ def test_a_store_that_does_not_exist_gives_empty_views_with_every_column(store):
 
 def test_an_empty_store_directory_gives_empty_views(tmp_path):
     con = connect(str(tmp_path))
-    assert [count(con, view) for view in VIEWS] == [0, 0, 0]
+    assert [count(con, view) for view in VIEWS] == [0, 0, 0, 0]
 
 
 def test_a_store_that_is_a_file_is_a_store_error(tmp_path):
@@ -136,7 +136,7 @@ class SubTreeStore(Store):
 def test_a_uri_store_reads_through_its_pyarrow_filesystem(tmp_path, rows):
     store = SubTreeStore(str(tmp_path))
     empty = connect(store)
-    assert [count(empty, view) for view in VIEWS] == [0, 0, 0]
+    assert [count(empty, view) for view in VIEWS] == [0, 0, 0, 0]
 
     store.write_sweep(rows.sweep("s1"))
     store.write_trial(
@@ -177,3 +177,27 @@ def test_a_store_path_with_glob_and_quote_characters(tmp_path, rows):
     con = connect(store)
     assert con.execute("select trial_id from trials").fetchall() == [("t1",)]
     assert count(con, "steps") == 6
+
+
+def test_devices_keeps_the_latest_committed_observation_of_each_device(store, rows):
+    from datetime import timedelta
+
+    h100 = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000001"
+    for trial_id, minutes, clock in (("t1", 0, 1980), ("t2", 5, 1755)):
+        store.write_trial(
+            "s1", trial_id, rows.trial("s1", trial_id, device_kind="cuda", device_uuid=h100),
+            rows.steps("s1", trial_id),
+            [rows.device("s1", trial_id, h100, rows.T0 + timedelta(minutes=minutes), device_kind="cuda",
+                         device_name="NVIDIA H100 80GB HBM3", gpu_variant="H100-SXM-80GB", sm_clock_mhz=clock)],
+        )
+    store.write_trial("s1", "t3", rows.trial("s1", "t3", device_uuid="CPU-worker"), rows.steps("s1", "t3"),
+                      [rows.device("s1", "t3")])
+    # A devices file whose trial never committed (its trials row is missing) is not seen.
+    store.write("devices", "s1", "t4", [rows.device("s1", "t4", h100, rows.T0 + timedelta(hours=1), sm_clock_mhz=1)])
+    con = connect(store.location)
+    got = con.execute("select device_uuid, trial_id, gpu_variant, sm_clock_mhz from devices order by 1").fetchall()
+    assert got == [("CPU-worker", "t3", None, None), (h100, "t2", "H100-SXM-80GB", 1755)]
+    joined = con.execute(
+        "select t.trial_id, d.gpu_variant from trials t join devices d using (device_uuid) order by 1"
+    ).fetchall()
+    assert joined == [("t1", "H100-SXM-80GB"), ("t2", "H100-SXM-80GB"), ("t3", None)]

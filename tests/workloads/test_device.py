@@ -101,7 +101,8 @@ def test_unknown_uuid_keeps_torch_facts():
 def test_cpu_facts_on_this_machine():
     facts = devices.describe(torch, torch.device("cpu"))
     assert facts["device_kind"] == "cpu" and facts["device_name"]
-    assert facts["device_uuid"] is None and facts["sm_count"] is None
+    assert facts["device_uuid"] == devices.cpu_uuid(facts["host"]) and facts["sm_count"] is None
+    assert facts["cpu_model"] == facts["device_name"] and facts["host_memory_bytes"] > 2**20
     assert facts["torch_version"] == torch.__version__ and facts["cpu_count"] >= 1
 
 

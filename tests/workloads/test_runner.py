@@ -13,7 +13,7 @@ import torch
 from workloads.api import Trial
 from workloads.registry import resolve_params
 from workloads.runner import run_trial
-from workloads.schema import PHASES, STEPS, TRIALS
+from workloads.schema import DEVICES, PHASES, STEPS, TRIALS
 from workloads.store import Store
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -59,6 +59,13 @@ def test_rows_have_every_phase_of_every_step_in_order(tmp_path):
     assert stored["samples_per_s"] == pytest.approx(4 * 3 / stored["measured_wall_s"])
     assert stored["model_to_device_ms"] >= 0 and stored["final_loss"] > 0
     assert pq.read_schema(f"{tmp_path}/steps/sweep_id=s/t0.parquet").equals(STEPS)
+    assert all(s["gpu_gap_ms"] is None for s in steps)  # no device to sit idle on a CPU
+    (device,) = read(tmp_path, "devices")
+    assert set(device) == set(DEVICES.names)
+    assert device["device_uuid"] == stored["device_uuid"] == f"CPU-{stored['host']}"
+    assert device["device_kind"] == "cpu" and device["cpu_model"] == stored["device_name"]
+    assert device["cpu_count"] == stored["cpu_count"] and device["host_memory_bytes"] > 0
+    assert device["observed_at"] == stored["started_at"]
 
 
 @pytest.mark.parametrize(
@@ -139,9 +146,18 @@ def test_cuda_phases_add_up_to_the_step(tmp_path, precision):
     assert row["status"] == "ok", row["error"]
     assert row["device_kind"] == "cuda" and row["device_uuid"]
     steps = [s for s in read(tmp_path, "steps") if not s["is_warmup"]]
-    assert all(s["duration_ms"] >= 0 for s in steps)
+    assert all(s["duration_ms"] >= 0 and s["gpu_gap_ms"] >= 0 for s in steps)
     per_step = sum(s["duration_ms"] for s in steps) / 10
     assert per_step <= row["measured_wall_s"] * 1e3 / 10 * 1.05
+    # Phases and the gaps between them cover the synchronised host-timed steps.
+    covered = sum(s["duration_ms"] + s["gpu_gap_ms"] for s in steps) / 10
+    assert covered == pytest.approx(row["measured_wall_s"] * 1e3 / 10, rel=0.05)
+    assert all(s["peak_allocated_bytes"] <= s["peak_reserved_bytes"] for s in steps)
+    assert row["cuda_context_bytes"] > 0 and row["non_torch_bytes"] > 0
+    assert row["nvml_memory_scope"] in ("process", "device")
+    (device,) = read(tmp_path, "devices")
+    assert device["device_uuid"] == row["device_uuid"] and device["gpu_variant"]
+    assert device["sm_clock_max_mhz"] > 0 and device["power_limit_w"] > 0
 
 
 def test_flops_and_mfu_of_a_cpu_trial(tmp_path, monkeypatch):

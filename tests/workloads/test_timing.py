@@ -12,15 +12,21 @@ from workloads.timing import CpuPhaseTimer, CudaPhaseTimer, phase_ms
 
 
 class FakeStream:
-    """A device that runs queued kernels back to back, in simulated milliseconds."""
+    """A device that runs queued work in order, in simulated milliseconds, beside a
+    simulated host clock: work launched while the device is idle starts when the
+    host launches it, so an empty queue is time the device sits idle."""
 
     def __init__(self) -> None:
+        self.host_now = 0.0  # the host's clock; launches take no host time
         self.queued_until = 0.0  # when the last queued kernel will finish
         self.completed_until = 0.0  # how far the device has got (moves on synchronize)
         self.syncs = 0
 
     def launch(self, ms: float) -> None:
-        self.queued_until += ms
+        self.queued_until = max(self.queued_until, self.host_now) + ms
+
+    def host(self, ms: float) -> None:
+        self.host_now += ms
 
 
 class FakeEvent:
@@ -29,7 +35,7 @@ class FakeEvent:
         self.at: float | None = None
 
     def record(self) -> None:
-        self.at = self.stream.queued_until
+        self.at = max(self.stream.queued_until, self.stream.host_now)
 
     def query(self) -> bool:
         return self.at is not None and self.at <= self.stream.completed_until
@@ -37,6 +43,7 @@ class FakeEvent:
     def synchronize(self) -> None:
         self.stream.syncs += 1
         self.stream.completed_until = max(self.stream.completed_until, self.at)
+        self.stream.host_now = max(self.stream.host_now, self.at)  # the host waited for it
 
     def elapsed_time(self, end: FakeEvent) -> float:
         if not (self.query() and end.query()):
@@ -55,9 +62,10 @@ def test_cuda_timer_reads_device_time_per_phase_with_one_sync_per_step():
         timer.mark(2)
         stream.launch(0.25)
         timer.mark(3)
-        device_ms, host_ns = timer.read()
+        device_ms, gaps, host_ns = timer.read()
         host_ms = phase_ms(host_ns)
         assert device_ms == pytest.approx([1.5, 4.0 + step, 0.25])
+        assert gaps == ([None] if step == 0 else [pytest.approx(0.0)]) + [pytest.approx(0.0)] * 2
         assert len(host_ms) == 3 and all(h >= 0 for h in host_ms)
         assert stream.syncs == step + 1
 
@@ -76,9 +84,11 @@ def test_cuda_timer_never_reads_before_the_device_is_done():
     timer.mark(1)
     stream.launch(3.0)
     timer.mark(2)
-    assert not events[-1].query()  # work is in flight: the host ran ahead
+    recorded = [e for e in events if e.at is not None]
+    assert len(recorded) == 4  # a start and an end event per phase (the other set waits for the next step)
+    assert not recorded[-1].query()  # work is in flight: the host ran ahead
     timer.read()
-    assert all(e.query() for e in events)
+    assert all(e.query() for e in recorded)
 
 
 def test_cuda_host_time_is_host_side_only():
@@ -88,7 +98,7 @@ def test_cuda_host_time_is_host_side_only():
     timer.mark(0)
     stream.launch(500.0)
     timer.mark(1)
-    device_ms, host_ns = timer.read()
+    device_ms, _, host_ns = timer.read()
     assert device_ms == [500.0] and phase_ms(host_ns)[0] < 50
 
 
@@ -98,7 +108,45 @@ def test_cpu_timer_measures_wall_time():
     time.sleep(0.02)
     timer.mark(1)
     timer.mark(2)
-    device_ms, host_ns = timer.read()
+    device_ms, gaps, host_ns = timer.read()
     host_ms = phase_ms(host_ns)
-    assert device_ms is None  # on a CPU device time is the host's wall time
+    assert device_ms is None and gaps is None  # on a CPU device time is the host's wall time
     assert 20 <= host_ms[0] < 60 and host_ms[1] < 5
+
+
+def test_gaps_are_the_device_idle_time_between_phases():
+    """The host's between-phase bookkeeping and its work between steps leave the GPU
+    idle only where the GPU had caught up with the host; phases exclude them."""
+    stream = FakeStream()
+    timer = CudaPhaseTimer(2, lambda: FakeEvent(stream), between=lambda b: stream.host(0.1))
+    readings = []
+    for _ in range(3):
+        timer.mark(0)
+        stream.launch(5.0)  # phase 0: the host launches 5 ms of work and runs ahead
+        timer.mark(1)  # the GPU is busy: the 0.1 ms of bookkeeping costs it nothing
+        stream.host(2.0)  # phase 1: host-side work while the GPU works through its queue...
+        stream.launch(0.5)  # ... then a short kernel
+        timer.mark(2)
+        readings.append(timer.read())
+        stream.host(3.0)  # between steps: the host loops and builds the next batch
+    for step, (device_ms, gaps, _) in enumerate(readings):
+        assert device_ms == pytest.approx([5.0, 0.5])
+        assert gaps[1] == pytest.approx(0.0)
+        # The GPU finished the previous step when the host synchronised, then waited
+        # out the host's 3 ms between steps and the 0.1 ms of bookkeeping.
+        assert gaps[0] == (None if step == 0 else pytest.approx(3.1))
+
+
+def test_gaps_show_an_idle_gpu_between_phases():
+    """A GPU that has nothing queued sits idle through the host's bookkeeping."""
+    stream = FakeStream()
+    timer = CudaPhaseTimer(2, lambda: FakeEvent(stream), between=lambda b: stream.host(0.25))
+    timer.mark(0)
+    stream.launch(0.01)  # a tiny kernel: done long before the host reaches the next boundary
+    stream.host(1.0)
+    timer.mark(1)
+    stream.launch(0.01)
+    timer.mark(2)
+    device_ms, gaps, _ = timer.read()
+    assert gaps[1] == pytest.approx(0.25)
+    assert device_ms[0] == pytest.approx(1.0)  # the phase lasts as long as the host took to launch it

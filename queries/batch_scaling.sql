@@ -1,0 +1,120 @@
+-- How throughput and memory grow with the batch size: samples/s, step time and peak memory per batch size, against the smallest batch of each series.
+--
+-- A series is one configuration with the batch size left free: every parameter
+-- but batch_size and the seed (shown as a short hash, series), on one GPU type
+-- and device. throughput_x is samples/s over the series' smallest batch's;
+-- efficiency_pct is throughput_x over the batch-size ratio (100: the step time
+-- did not grow at all, the device had idle capacity; it falls as the device
+-- fills up). peak_mib is the highest peak of a measured step: CUDA's allocated
+-- peak on a GPU, the process's resident peak on a CPU; memory_x compares it
+-- with the smallest batch's. Medians over ok trials and measured steps.
+--
+-- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+--
+-- columns: sweep_id, workload, precision, gpu, device_name, series, batch_size, trials,
+--   samples_per_s, step_ms, throughput_x, efficiency_pct, activation_mib, peak_mib, memory_x
+
+with
+
+latest_sweep as (
+    select sweep_id
+    from sweeps
+    order by created_at desc, sweep_id desc
+    limit 1
+),
+
+chosen_trials as (
+    select
+        *,
+        md5(json_merge_patch(params, '{"batch_size": null, "seed": null}'))[:8] as series
+    from trials
+    where status = 'ok'
+        and (
+            $sweep = 'all'
+            or sweep_id = $sweep
+            or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
+        )
+),
+
+per_step as (
+    select
+        s.sweep_id,
+        s.trial_id,
+        s.iteration,
+        sum(s.duration_ms) as step_ms,
+        max(coalesce(s.peak_allocated_bytes, s.peak_rss_bytes)) as peak_bytes
+    from steps as s
+    inner join chosen_trials as t
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
+    where not s.is_warmup
+    group by s.sweep_id, s.trial_id, s.iteration
+),
+
+per_trial as (
+    select
+        t.sweep_id,
+        t.trial_id,
+        median(p.step_ms) as step_ms,
+        max(p.peak_bytes) as peak_bytes
+    from chosen_trials as t
+    inner join per_step as p
+        on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
+    group by t.sweep_id, t.trial_id
+),
+
+per_batch as (
+    select
+        t.sweep_id,
+        t.workload,
+        t.precision,
+        t.gpu,
+        t.device_name,
+        t.series,
+        t.batch_size,
+        count(*) as trials,
+        median(t.samples_per_s) as samples_per_s,
+        median(p.step_ms) as step_ms,
+        median(t.activation_bytes) as activation_bytes,
+        max(p.peak_bytes) as peak_bytes
+    from chosen_trials as t
+    inner join per_trial as p
+        on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
+    group by t.sweep_id, t.workload, t.precision, t.gpu, t.device_name, t.series, t.batch_size
+),
+
+with_base as (
+    select
+        *,
+        first_value(batch_size) over series_by_batch as base_batch,
+        first_value(samples_per_s) over series_by_batch as base_samples_per_s,
+        first_value(peak_bytes) over series_by_batch as base_peak_bytes
+    from per_batch
+    window series_by_batch as (
+        partition by sweep_id, workload, precision, gpu, device_name, series
+        order by batch_size
+    )
+),
+
+final as (
+    select
+        sweep_id,
+        workload,
+        precision,
+        gpu,
+        device_name,
+        series,
+        batch_size,
+        trials,
+        round(samples_per_s, 1) as samples_per_s,
+        round(step_ms, 3) as step_ms,
+        round(samples_per_s / nullif(base_samples_per_s, 0), 2) as throughput_x,
+        round(100 * samples_per_s / nullif(base_samples_per_s, 0) / (batch_size / base_batch), 1)
+            as efficiency_pct,
+        round(activation_bytes / 2 ^ 20, 2) as activation_mib,
+        round(peak_bytes / 2 ^ 20, 1) as peak_mib,
+        round(peak_bytes / nullif(base_peak_bytes, 0), 2) as memory_x
+    from with_base
+    order by sweep_id, workload, precision, gpu, device_name, series, batch_size
+)
+
+select * from final

@@ -1,0 +1,104 @@
+-- Where the GPU waits for the host: host against device time of forward and backward, and the GPU's idle gaps, per configuration.
+--
+-- On a GPU the host only launches kernels and runs ahead; the device works
+-- through its queue. When the GPU is the bottleneck, host time of forward +
+-- loss + backward is a fraction of their device time. When each kernel is done
+-- before the host launches the next (small batches, small layers: thousands of
+-- cores idle between launches), device time follows host time: host_device_ratio
+-- near 1 or above, and launch_bound is true from $threshold on. gap_ms is the GPU
+-- idle time between phases per step, from CUDA events: the host's work between
+-- steps (the step's synchronisation, the loop, building the batch) and between
+-- phases where the GPU had caught up; idle_pct is its share of the step plus gaps.
+-- Medians over the measured steps of ok CUDA trials (CPU trials have no device
+-- to wait). A configuration is every parameter but the seed (config_id).
+--
+-- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: threshold = 0.9  (host/device ratio of forward+loss+backward from which a configuration is launch bound)
+--
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+--   trials, steps, step_ms (device, phases summed), gap_ms, idle_pct, compute_device_ms,
+--   compute_host_ms (forward+loss+backward), host_device_ratio, launch_bound
+
+with
+
+latest_sweep as (
+    select sweep_id
+    from sweeps
+    order by created_at desc, sweep_id desc
+    limit 1
+),
+
+chosen_trials as (
+    select *
+    from trials
+    where status = 'ok'
+        and device_kind = 'cuda'
+        and (
+            $sweep = 'all'
+            or sweep_id = $sweep
+            or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
+        )
+),
+
+per_step as (
+    select
+        s.sweep_id,
+        s.trial_id,
+        s.iteration,
+        sum(s.duration_ms) as step_ms,
+        sum(s.gpu_gap_ms) as gap_ms,
+        sum(s.duration_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_device_ms,
+        sum(s.host_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_host_ms
+    from steps as s
+    inner join chosen_trials as t
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
+    where not s.is_warmup
+    group by s.sweep_id, s.trial_id, s.iteration
+),
+
+per_config as (
+    select
+        t.sweep_id,
+        t.workload,
+        t.batch_size,
+        t.precision,
+        t.optimizer,
+        t.config_id,
+        t.gpu,
+        t.device_name,
+        count(distinct t.trial_id) as trials,
+        count(*) as steps,
+        median(p.step_ms) as step_ms,
+        median(p.gap_ms) as gap_ms,
+        median(p.compute_device_ms) as compute_device_ms,
+        median(p.compute_host_ms) as compute_host_ms
+    from chosen_trials as t
+    inner join per_step as p
+        on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
+    group by all
+),
+
+final as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        config_id,
+        gpu,
+        device_name,
+        trials,
+        steps,
+        round(step_ms, 3) as step_ms,
+        round(gap_ms, 3) as gap_ms,
+        round(100 * gap_ms / nullif(step_ms + gap_ms, 0), 1) as idle_pct,
+        round(compute_device_ms, 3) as compute_device_ms,
+        round(compute_host_ms, 3) as compute_host_ms,
+        round(compute_host_ms / nullif(compute_device_ms, 0), 3) as host_device_ratio,
+        compute_host_ms / nullif(compute_device_ms, 0) >= cast($threshold as double) as launch_bound
+    from per_config
+    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+)
+
+select * from final

@@ -1,0 +1,129 @@
+-- Where a step's memory goes: parameters, gradients, optimizer state, activations, per-phase peaks and what torch does not see, per configuration.
+--
+-- The first four columns are measured from the tensors themselves: parameter
+-- and gradient bytes, the optimizer's per-parameter state, and what autograd
+-- saved for backward (activations; parameters autograd saved are not counted
+-- twice). Peaks come from every measured step: on CUDA the caching allocator's
+-- peak allocated and reserved bytes (reset at each phase; peak_phase is the
+-- phase that reached the highest allocated), on a CPU the process's peak
+-- resident memory. cuda_context_mib and non_torch_mib are NVML's view of what
+-- the allocator cannot see (the CUDA context, library workspaces; scope
+-- 'device' means NVML could only report the whole GPU's use). used_pct is the
+-- peak reserved plus non-torch memory as a share of the device's capacity.
+-- A configuration is every parameter but the seed (config_id); medians over its
+-- ok trials, peaks are maxima. MiB = 2^20 bytes.
+--
+-- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+--
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+--   trials, param_mib, grad_mib, optimizer_state_mib, activation_mib, peak_allocated_mib,
+--   peak_reserved_mib, peak_phase, peak_rss_mib, cuda_context_mib, non_torch_mib,
+--   nvml_memory_scope, device_memory_mib, used_pct, alloc_retries
+
+with
+
+latest_sweep as (
+    select sweep_id
+    from sweeps
+    order by created_at desc, sweep_id desc
+    limit 1
+),
+
+chosen_trials as (
+    select *
+    from trials
+    where status = 'ok'
+        and (
+            $sweep = 'all'
+            or sweep_id = $sweep
+            or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
+        )
+),
+
+phase_peaks as (
+    select
+        s.sweep_id,
+        s.trial_id,
+        max(s.peak_allocated_bytes) as peak_allocated_bytes,
+        max(s.peak_reserved_bytes) as peak_reserved_bytes,
+        max(s.peak_rss_bytes) as peak_rss_bytes,
+        arg_max(s.phase, s.peak_allocated_bytes) as peak_phase
+    from steps as s
+    inner join chosen_trials as t
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
+    where not s.is_warmup
+    group by s.sweep_id, s.trial_id
+),
+
+per_trial as (
+    select
+        t.*,
+        p.peak_allocated_bytes,
+        p.peak_reserved_bytes,
+        p.peak_rss_bytes,
+        p.peak_phase
+    from chosen_trials as t
+    left join phase_peaks as p
+        on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
+),
+
+per_config as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        config_id,
+        gpu,
+        device_name,
+        count(*) as trials,
+        median(param_bytes) as param_bytes,
+        median(grad_bytes) as grad_bytes,
+        median(optimizer_state_bytes) as optimizer_state_bytes,
+        median(activation_bytes) as activation_bytes,
+        max(peak_allocated_bytes) as peak_allocated_bytes,
+        max(peak_reserved_bytes) as peak_reserved_bytes,
+        arg_max(peak_phase, peak_allocated_bytes) as peak_phase,
+        max(peak_rss_bytes) as peak_rss_bytes,
+        median(cuda_context_bytes) as cuda_context_bytes,
+        median(non_torch_bytes) as non_torch_bytes,
+        max(nvml_memory_scope) as nvml_memory_scope,
+        max(device_memory_bytes) as device_memory_bytes,
+        max(alloc_retries) as alloc_retries
+    from per_trial
+    group by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+),
+
+final as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        config_id,
+        gpu,
+        device_name,
+        trials,
+        round(param_bytes / 2 ^ 20, 2) as param_mib,
+        round(grad_bytes / 2 ^ 20, 2) as grad_mib,
+        round(optimizer_state_bytes / 2 ^ 20, 2) as optimizer_state_mib,
+        round(activation_bytes / 2 ^ 20, 2) as activation_mib,
+        round(peak_allocated_bytes / 2 ^ 20, 1) as peak_allocated_mib,
+        round(peak_reserved_bytes / 2 ^ 20, 1) as peak_reserved_mib,
+        peak_phase,
+        round(peak_rss_bytes / 2 ^ 20, 1) as peak_rss_mib,
+        round(cuda_context_bytes / 2 ^ 20, 1) as cuda_context_mib,
+        round(non_torch_bytes / 2 ^ 20, 1) as non_torch_mib,
+        nvml_memory_scope,
+        round(device_memory_bytes / 2 ^ 20, 0) as device_memory_mib,
+        round(
+            100 * (peak_reserved_bytes + coalesce(non_torch_bytes, 0)) / nullif(device_memory_bytes, 0), 1
+        ) as used_pct,
+        alloc_retries
+    from per_config
+    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+)
+
+select * from final

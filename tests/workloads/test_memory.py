@@ -1,0 +1,76 @@
+"""GPU memory that torch does not see, from NVML. The fake follows pynvml: devices found
+by UUID, nvmlDeviceGetComputeRunningProcesses lists (pid, usedGpuMemory) per process with
+host pids (a container's own pid is then absent), unsupported calls raise NVMLError."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from workloads.memory import nvml_used_bytes
+
+UUID = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000001"
+GIB = 2**30
+
+
+class NVMLError(Exception):
+    pass
+
+
+class FakeNVML:
+    def __init__(self, procs=None, device_used=3 * GIB, per_process_supported=True, init_fails=False):
+        self.procs = procs if procs is not None else []
+        self.device_used = device_used
+        self.per_process_supported = per_process_supported
+        self.init_fails = init_fails
+        self.live = 0
+
+    def nvmlInit(self):
+        if self.init_fails:
+            raise NVMLError("Driver Not Loaded")
+        self.live += 1
+
+    def nvmlShutdown(self):
+        self.live -= 1
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid != UUID:
+            raise NVMLError("Not Found")
+        return object()
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        if not self.per_process_supported:
+            raise NVMLError("Not Supported")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in self.procs]
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=80 * GIB, used=self.device_used, free=80 * GIB - self.device_used)
+
+
+def test_this_process_is_found_by_pid():
+    nvml = FakeNVML(procs=[(1, 5 * GIB), (os.getpid(), 2 * GIB)])
+    assert nvml_used_bytes(UUID, nvml=nvml) == (2 * GIB, "process")
+    assert nvml.live == 0
+
+
+@pytest.mark.parametrize(
+    "nvml",
+    [
+        FakeNVML(procs=[(1, 5 * GIB)]),  # another pid namespace: our pid is not listed
+        FakeNVML(procs=[(os.getpid(), None)]),  # no per-process figure (e.g. Windows WDDM)
+        FakeNVML(per_process_supported=False),
+    ],
+)
+def test_without_a_per_process_figure_the_device_total_is_used(nvml):
+    assert nvml_used_bytes(UUID, nvml=nvml) == (3 * GIB, "device")
+    assert nvml.live == 0
+
+
+def test_no_driver_no_uuid_or_an_unknown_uuid_give_nothing():
+    assert nvml_used_bytes(UUID, nvml=FakeNVML(init_fails=True)) == (None, None)
+    assert nvml_used_bytes(None, nvml=FakeNVML()) == (None, None)
+    nvml = FakeNVML()
+    assert nvml_used_bytes("GPU-unknown", nvml=nvml) == (None, None)
+    assert nvml.live == 0
