@@ -39,20 +39,31 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # the one boundary where errors become messages
-            from analysis.queries import QueryError
-            from orchestrator.jobs import JobError
-            from orchestrator.scheduler import SchedulerError
-
             debug = (ctx.obj or {}).get("debug")
             if debug:
                 traceback.print_exc()
-            if isinstance(exc, (SpecError, StoreError, QueryError, SchedulerError, ParamError, JobError)):
+            if isinstance(exc, _domain_errors()):
                 # One line: DuckDB's messages carry a caret diagram below the first line.
                 first = next((ln for ln in str(exc).splitlines() if ln.strip()), str(exc))
                 click.echo(f"Error: {first}", err=True)
                 ctx.exit(EXIT_USAGE)
             click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
             ctx.exit(EXIT_TRIALS_FAILED)
+
+
+def _domain_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix. Those of modules that need DuckDB or Ray
+    count only where those are installed: `stepscope trial` runs without either."""
+    import importlib
+
+    errors: list[type[Exception]] = [SpecError, StoreError, ParamError]
+    for module, name in (("analysis.queries", "QueryError"), ("orchestrator.jobs", "JobError"),
+                         ("orchestrator.scheduler", "SchedulerError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            pass
+    return tuple(errors)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
