@@ -74,3 +74,51 @@ def test_no_driver_no_uuid_or_an_unknown_uuid_give_nothing():
     nvml = FakeNVML()
     assert nvml_used_bytes("GPU-unknown", nvml=nvml) == (None, None)
     assert nvml.live == 0
+
+
+class FakeCudaAllocator:
+    """torch.cuda's allocator statistics: memory_stats_as_nested_dict gives
+    {stat: {pool: {current, peak, allocated, freed}}}; memory_stats flattens it to
+    "allocated_bytes.all.peak"; reset_peak_memory_stats sets each peak to current."""
+
+    def __init__(self) -> None:
+        self.current = {"allocated_bytes": 0, "reserved_bytes": 0}
+        self.peak = dict(self.current)
+
+    def alloc(self, allocated: int, reserved: int) -> None:
+        self.current = {"allocated_bytes": allocated, "reserved_bytes": reserved}
+        self.peak = {k: max(self.peak[k], v) for k, v in self.current.items()}
+
+    def memory_stats_as_nested_dict(self, device=None):
+        return {k: {pool: {"current": self.current[k], "peak": self.peak[k], "allocated": 0, "freed": 0}
+                    for pool in ("all", "large_pool", "small_pool")} for k in self.current}
+
+    def max_memory_allocated(self, device=None):
+        return self.peak["allocated_bytes"]
+
+    def max_memory_reserved(self, device=None):
+        return self.peak["reserved_bytes"]
+
+    def reset_peak_memory_stats(self, device=None):
+        self.peak = dict(self.current)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_phase_peaks_reset_at_every_boundary(nested, monkeypatch):
+    from workloads.memory import PhasePeaks
+
+    cuda = FakeCudaAllocator()
+    if not nested:  # an older torch: the public per-figure calls
+        monkeypatch.setattr(FakeCudaAllocator, "memory_stats_as_nested_dict", None)
+    peaks = PhasePeaks(SimpleNamespace(cuda=cuda), SimpleNamespace(type="cuda", index=0), 3)
+    peaks.mark(0)
+    cuda.alloc(100, 200)
+    cuda.alloc(50, 200)
+    peaks.mark(1)  # phase 0 peaked at 100 allocated
+    cuda.alloc(70, 400)
+    peaks.mark(2)  # phase 1 starts from 50: its peak is 70, reserved grew to 400
+    cuda.alloc(10, 400)
+    peaks.mark(3)
+    _, allocated, reserved = peaks.read()
+    peaks.close()
+    assert allocated == (100, 70, 70) and reserved == (200, 400, 400)
