@@ -14,19 +14,10 @@
 
 with
 
-latest_sweep as (
-    select sweep_id
-    from sweeps
-    order by created_at desc, sweep_id desc
-    limit 1
-),
-
 chosen_trials as (
     select *
     from trials
-    where $sweep = 'all'
-        or sweep_id = $sweep
-        or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
+    where in_sweep(sweep_id, $sweep)
 ),
 
 measured_steps as (

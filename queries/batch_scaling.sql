@@ -16,24 +16,13 @@
 
 with
 
-latest_sweep as (
-    select sweep_id
-    from sweeps
-    order by created_at desc, sweep_id desc
-    limit 1
-),
-
 chosen_trials as (
     select
         *,
         md5(json_merge_patch(params, '{"batch_size": null, "seed": null}'))[:8] as series
     from trials
     where status = 'ok'
-        and (
-            $sweep = 'all'
-            or sweep_id = $sweep
-            or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
-        )
+        and in_sweep(sweep_id, $sweep)
 ),
 
 per_step as (

@@ -16,23 +16,12 @@
 
 with
 
-latest_sweep as (
-    select sweep_id
-    from sweeps
-    order by created_at desc, sweep_id desc
-    limit 1
-),
-
 chosen_trials as (
     select *
     from trials
     where status = 'ok'
         and flops_forward is not null
-        and (
-            $sweep = 'all'
-            or sweep_id = $sweep
-            or ($sweep = 'latest' and sweep_id in (select sweep_id from latest_sweep))
-        )
+        and in_sweep(sweep_id, $sweep)
 ),
 
 step_phases as (

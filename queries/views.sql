@@ -166,6 +166,17 @@ select
 from latest
 where seen = 1;
 
+-- The `sweep` parameter of every named query: a sweep_id, 'latest' (the newest
+-- sweep by created_at) or 'all'. Usage: where in_sweep(sweep_id, $sweep)
+create or replace macro in_sweep(id, choice) as (
+    choice = 'all'
+    or id = choice
+    or (
+        choice = 'latest'
+        and id = (select s.sweep_id from sweeps as s order by s.created_at desc, s.sweep_id desc limit 1)
+    )
+);
+
 -- Convenience: one row per trial and step, its phases summed. phase_count
 -- tells a whole step (every phase) from one cut short by an error.
 create or replace view step_totals as
