@@ -15,7 +15,10 @@
      fp32 weights) and Adam's state exactly 8N, N the parameter count;
    - MFU against the measured matmul peak, and on a GPU against the datasheet peak
      of the exact variant, lies in (0, 1].
-4. Prints one table, then the device row (NVML identity), and exits 1 if any check failed.
+4. Runs the first trial twice more through `isolation: process`'s fork server
+   (`orchestrator.forkserver`, without Ray): each in a fresh process forked from one
+   server that imported torch, which must be able to use the device.
+5. Prints one table, then the device row (NVML identity), and exits 1 if any check failed.
 
 Needs torch, pyarrow, click, pyyaml (and nvidia-ml-py for NVML facts); not Ray, not DuckDB.
 """
@@ -86,6 +89,31 @@ def run_trials(workdir: Path, store: Path, device: str, quick: bool) -> list[str
             if proc.returncode != 0:
                 failures.append(f"{name} trial {index}: exit {proc.returncode}: {(proc.stdout + proc.stderr).strip()[-500:]}")
     return failures
+
+
+def fork_server_check(workdir: Path, device: str, quick: bool) -> tuple[str, list[str]]:
+    """Two trials through the fork server: distinct fresh processes, both on `device`."""
+    from orchestrator import forkserver
+    from orchestrator.grid import expand
+    from orchestrator.scheduler import PRELOAD
+    from orchestrator.spec import load_spec
+    from workloads.runner import run_trial
+
+    name, text = next(iter(specs(device, quick).items()))
+    path = workdir / f"fork-{name}"
+    path.write_text(text)
+    trial = expand(load_spec(str(path)), None)[0]
+    rows = [forkserver.call_in_fresh_process(PRELOAD, run_trial, trial, "fork-check", None) for _ in range(2)]
+    pids = [r["pid"] for r in rows]
+    failures = [f"fork server: {r['status']}: {r['error']}" for r in rows if r["status"] != "ok"]
+    failures += [f"fork server: ran on {r['device_kind']}, not {device}" for r in rows
+                 if r["status"] == "ok" and r["device_kind"] != device]
+    if len(set(pids)) != 2 or os.getpid() in pids:
+        failures.append(f"fork server: trials did not run in fresh processes (pids {pids})")
+    line = (f"fork server: {trial.label} twice, pids {pids[0]} and {pids[1]}, on "
+            f"{', '.join(sorted({str(r['device_name']) for r in rows}))}: "
+            + ("ok" if not failures else "FAIL"))
+    return line, failures
 
 
 def read_table(store: Path, table: str) -> list[dict]:
@@ -183,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, more = check(store, args.device)
         failures += more
         print(render(rows))
+        line, more = fork_server_check(workdir, args.device, args.quick)
+        failures += more
+        print(line)
         for dev in {d["device_uuid"]: d for d in read_table(store, "devices")}.values():
             keys = ("device_uuid", "device_name", "gpu_variant", "device_memory_bytes", "sm_count",
                     "compute_capability", "sm_clock_mhz", "sm_clock_max_mhz", "power_limit_w", "ecc_enabled",

@@ -2,9 +2,13 @@
 
 The only module that imports Ray. One Ray task per trial:
 
-- `isolation: process` (default) gives each trial a fresh worker process
-  (`max_calls=1`), so CUDA memory, allocator caches and cuDNN autotuning never
-  leak from one trial into the next. `reuse` keeps workers (fast, for quick grids).
+- `isolation: process` (default) runs each trial in a fresh OS process that never
+  ran another trial, so CUDA memory, allocator caches, cuDNN autotuning and torch's
+  global state never leak from one trial into the next. Workers are kept; each forks
+  the trial's process from a server that has imported torch once
+  (`orchestrator.forkserver`), so a trial pays milliseconds, not a process start.
+  A trial's process that dies counts as a dead worker. `reuse` runs trials in the
+  worker itself (faster still, for quick grids).
 - One trial per GPU at a time (`num_gpus=1`), pinned to a GPU type with a
   fractional custom resource (see `orchestrator.cluster`). On a cluster without
   GPUs a trial takes all the CPUs of a node: trials that share cores time nothing.
@@ -32,14 +36,19 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator import cluster
+from orchestrator import cluster, forkserver
 from orchestrator.spec import SweepSpec
 from workloads.api import Trial
+from workloads.registry import BUILTINS
 from workloads.runner import failed_row, run_trial, version
 from workloads.schema import RESULT_STATUSES, SCHEMA_VERSION
 from workloads.store import Store
 
-MAX_RETRIES = 2  # resubmissions after a worker or node died
+MAX_RETRIES = 2  # resubmissions after a worker, a trial's process or a node died
+#: What the fork server of `isolation: process` imports once, for every trial's process.
+#: torch._dynamo (with sympy) is imported lazily by torch on a trial's first optimizer step
+#: or FLOP count: a second per trial if the server did not.
+PRELOAD = ("torch", "torch._dynamo", "workloads.runner", *(w.module for w in BUILTINS.values()))
 NODE_REFRESH_S = 5.0  # how often the driver re-reads which nodes are alive
 
 
@@ -335,12 +344,17 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
-def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], attempt: int) -> dict:
-    """Runs in a Ray worker."""
+def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], attempt: int, fresh: bool) -> dict:
+    """Runs in a Ray worker; with `fresh`, the trial runs in a new process forked for it."""
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
-    row = run_trial(trial, sweep_id, store, search_paths=paths, node_id=node_id, attempt=attempt)
+    args = (trial, sweep_id, store)
+    kwargs = {"search_paths": paths, "node_id": node_id, "attempt": attempt}
+    if fresh:
+        row = forkserver.call_in_fresh_process(PRELOAD, run_trial, *args, **kwargs)
+    else:
+        row = run_trial(*args, **kwargs)
     return {"status": row["status"], "error": row["error"], "samples_per_s": row["samples_per_s"]}
 
 
@@ -356,8 +370,9 @@ class _Driver:
     def __init__(self, ray, spec, store, sweep_id, progress, outcome, trial_timeout, paths) -> None:
         self.ray, self.spec, self.store, self.sweep_id = ray, spec, store, sweep_id
         self.progress, self.outcome, self.trial_timeout = progress, outcome, trial_timeout
-        # max_calls=1: the worker process exits after one trial, so nothing leaks into the next.
-        self.task = ray.remote(max_calls=1 if spec.isolation == "process" else 0)(_remote_trial)
+        # Workers are kept either way; with `process` they never run a trial themselves.
+        self.task = ray.remote(max_calls=0)(_remote_trial)
+        self.fresh = spec.isolation == "process"
         self.paths = paths
         self.queues: dict[str | None, deque] = {}  # GPU type -> (trial, attempt) waiting
         self.running: dict = {}  # ObjectRef -> _Running
@@ -445,7 +460,7 @@ class _Driver:
                 continue
             while queue and free > 0:
                 trial, attempt = queue.popleft()
-                ref = self.task.options(**self.options(trial)).remote(trial, self.sweep_id, self.store, self.paths, attempt)
+                ref = self.task.options(**self.options(trial)).remote(trial, self.sweep_id, self.store, self.paths, attempt, self.fresh)
                 self.running[ref] = _Running(trial, attempt, time.monotonic())
                 free -= 1
 
@@ -479,12 +494,18 @@ class _Driver:
         died = (errors.WorkerCrashedError, errors.NodeDiedError, errors.ObjectLostError,
                 errors.LocalRayletDiedError, errors.OwnerDiedError, errors.RaySystemError)
         oom = isinstance(exc, errors.OutOfMemoryError)
-        if not (oom or isinstance(exc, died)):
+        child = getattr(exc, "cause", exc)  # Ray wraps what a task raised in a RayTaskError
+        child_died = isinstance(child, forkserver.ChildDied)
+        if not (oom or child_died or isinstance(exc, died)):
             self.finish(trial, attempt, "failed", _first_line(exc), None, took, write=True)
             return
         # Ray's memory monitor may have killed this worker for a neighbour's sake: retry that too.
-        what = "Ray killed the worker for host memory" if oom else "the worker process or its node died"
-        reason = f"{type(exc).__name__}: {what}"
+        # A trial's own process that died (isolation: process) is handled like a dead worker.
+        if child_died:
+            reason = f"{type(child).__name__}: {child}"
+        else:
+            what = "Ray killed the worker for host memory" if oom else "the worker process or its node died"
+            reason = f"{type(exc).__name__}: {what}"
         if attempt <= MAX_RETRIES:
             self.progress.retrying(trial, attempt + 1, reason)
             self.queues.setdefault(trial.gpu, deque()).appendleft((trial, attempt + 1))

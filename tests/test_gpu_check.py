@@ -29,6 +29,8 @@ def test_the_cpu_twin_passes_and_a_wrong_figure_fails_it(tmp_path):
     rows = [ln.split() for ln in lines if ln.lstrip().startswith("mlp")]
     assert sorted(r[1] for r in rows) == ["amp_bf16", "fp32", "tf32"]
     assert all(r[-1] == "ok" and r[8] == "exact" for r in rows)
+    (fork,) = [ln for ln in lines if ln.startswith("fork server:")]
+    assert fork.endswith(": ok"), fork
 
     # The same store with one figure off: the check names it.
     path = sorted((store / "trials").glob("*/*.parquet"))[0]

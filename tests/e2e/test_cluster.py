@@ -81,6 +81,35 @@ def test_gpus_each_runs_the_grid_on_every_type(local_cluster, write_spec, stepsc
     assert_one_trial_per_gpu_at_a_time(tmp_path / "results")
 
 
+def test_process_isolation_takes_each_tasks_gpu_and_cpus(local_cluster, write_spec, stepscope, tmp_path):
+    """Each trial runs in a process of its own, forked from a server that started without the
+    task's CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS: the process must see what Ray set for
+    its task (the node's one GPU, one CPU per GPU here) before torch reads them."""
+    import json
+
+    record = tmp_path / "seen"
+    record.mkdir()
+    spec = write_spec(
+        f"""
+        name: isolated
+        fixed: {{workload: "leaky:build", batch_size: 2, iterations: 1, warmup: 0, count_flops: false,
+                record_dir: "{record}"}}
+        grid:
+          seed: [0, 1, 2, 3]
+        gpus: [A100, H100]
+        """,
+        with_modules=("leaky",),
+    )
+    stepscope("run", spec, "--address", local_cluster.address, "--store", "results", env=local_cluster.env, check_rc=0)
+    seen = [json.loads(p.read_text()) for p in record.glob("*.json")]
+    assert len(seen) == 8 and len({s["pid"] for s in seen}) == 8
+    for s in seen:
+        assert (s["builds_before"], s["cudnn_benchmark"], s["leaked_env"]) == (0, False, None), s
+        assert (s["cuda_visible_devices"], s["omp_num_threads"], s["torch_threads"]) == ("0", "1", 1), s
+    assert sorted(r[0] for r in q(tmp_path / "results", "select pid from trials")) == sorted(s["pid"] for s in seen)
+    assert_one_trial_per_gpu_at_a_time(tmp_path / "results")
+
+
 def test_coarse_and_precise_names_target_the_right_nodes(local_cluster, write_spec, stepscope, tmp_path):
     spec = write_spec(
         """

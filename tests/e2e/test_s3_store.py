@@ -53,6 +53,7 @@ def test_trial_writes_to_s3_and_query_shows_it_ok(cli_runner, write_spec, s3_sto
     sweep_id = rows[0]["sweep_id"]
     assert keys == sorted(
         [
+            f"results/devices/sweep_id={sweep_id}/{trial_id}.parquet",
             f"results/steps/sweep_id={sweep_id}/{trial_id}.parquet",
             f"results/sweeps/sweep_id={sweep_id}/sweep.parquet",
             f"results/trials/sweep_id={sweep_id}/{trial_id}.parquet",
