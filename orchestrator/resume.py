@@ -21,27 +21,19 @@ def pick_sweep(store: Store, spec: SweepSpec, *, sweep_id: str | None, resume: b
     (same name and meaning) in the store; otherwise a new sweep."""
     from orchestrator.scheduler import new_sweep_id
 
-    con = _connect(store)
+    # Read with pyarrow, not DuckDB: `stepscope trial` runs on GPU images without it.
+    sweeps = store.read_rows("sweeps", ["sweep_id", "name", "spec_hash", "created_at"])
     if sweep_id is None and resume:
-        row = con.execute(
-            "select sweep_id from sweeps where name = ? and spec_hash = ? order by created_at desc limit 1",
-            [spec.name, spec.spec_hash],
-        ).fetchone()
-        sweep_id = row[0] if row else None
+        same = [r for r in sweeps if r["name"] == spec.name and r["spec_hash"] == spec.spec_hash]
+        sweep_id = max(same, key=lambda r: (r["created_at"], r["sweep_id"]))["sweep_id"] if same else None
     if sweep_id is None:
         return ChosenSweep(new_sweep_id(spec), True, frozenset())
-    exists = con.execute("select count(*) from sweeps where sweep_id = ?", [sweep_id]).fetchone()[0] > 0
+    exists = any(r["sweep_id"] == sweep_id for r in sweeps)
     done: frozenset[str] = frozenset()
     if resume:
-        statuses = sorted(RESULT_STATUSES)
-        rows = con.execute(
-            "select trial_id from trials where sweep_id = ? and status in (?, ?)", [sweep_id, *statuses]
-        ).fetchall()
-        done = frozenset(r[0] for r in rows)
+        done = frozenset(
+            r["trial_id"]
+            for r in store.read_rows("trials", ["sweep_id", "trial_id", "status"])
+            if r["sweep_id"] == sweep_id and r["status"] in RESULT_STATUSES
+        )
     return ChosenSweep(sweep_id, not exists, done)
-
-
-def _connect(store: Store):
-    from analysis.warehouse import connect
-
-    return connect(store)

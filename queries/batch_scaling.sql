@@ -7,7 +7,9 @@
 -- did not grow at all, the device had idle capacity; it falls as the device
 -- fills up). peak_mib is the highest peak of a measured step: CUDA's allocated
 -- peak on a GPU, the process's resident peak on a CPU; memory_x compares it
--- with the smallest batch's. Medians over ok trials and measured steps.
+-- with the smallest batch's. step_ms sums the phases' device time (no idle
+-- gaps between phases); samples_per_s is over the measured wall time, so on a
+-- GPU it also pays for the gaps. Medians over ok trials and measured steps.
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --

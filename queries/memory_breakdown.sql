@@ -4,9 +4,9 @@
 -- and gradient bytes, the optimizer's per-parameter state, and what autograd
 -- saved for backward (activations; parameters autograd saved are not counted
 -- twice). Peaks come from every measured step: on CUDA the caching allocator's
--- peak allocated and reserved bytes (reset at each phase; peak_phase is the
--- phase that reached the highest allocated), on a CPU the process's peak
--- resident memory. cuda_context_mib and non_torch_mib are NVML's view of what
+-- peak allocated and reserved bytes (reset at each phase), on a CPU the
+-- process's peak resident memory; peak_phase is the phase that reached the
+-- highest (allocated on CUDA, resident on a CPU). cuda_context_mib and non_torch_mib are NVML's view of what
 -- the allocator cannot see (the CUDA context, library workspaces; scope
 -- 'device' means NVML could only report the whole GPU's use). used_pct is the
 -- peak reserved plus non-torch memory as a share of the device's capacity.
@@ -36,7 +36,7 @@ phase_peaks as (
         max(s.peak_allocated_bytes) as peak_allocated_bytes,
         max(s.peak_reserved_bytes) as peak_reserved_bytes,
         max(s.peak_rss_bytes) as peak_rss_bytes,
-        arg_max(s.phase, s.peak_allocated_bytes) as peak_phase
+        arg_max(s.phase, coalesce(s.peak_allocated_bytes, s.peak_rss_bytes)) as peak_phase
     from steps as s
     inner join chosen_trials as t
         on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
@@ -73,11 +73,12 @@ per_config as (
         median(activation_bytes) as activation_bytes,
         max(peak_allocated_bytes) as peak_allocated_bytes,
         max(peak_reserved_bytes) as peak_reserved_bytes,
-        arg_max(peak_phase, peak_allocated_bytes) as peak_phase,
+        arg_max(peak_phase, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase,
         max(peak_rss_bytes) as peak_rss_bytes,
         median(cuda_context_bytes) as cuda_context_bytes,
         median(non_torch_bytes) as non_torch_bytes,
-        max(nvml_memory_scope) as nvml_memory_scope,
+        case when count(distinct nvml_memory_scope) > 1 then 'mixed' else max(nvml_memory_scope) end
+            as nvml_memory_scope,
         max(device_memory_bytes) as device_memory_bytes,
         max(alloc_retries) as alloc_retries
     from per_trial

@@ -1,6 +1,7 @@
--- The views every query and `stepscope sql` reads: rename and cast only.
+-- The views every query and `stepscope sql` reads: rename and cast, keep only
+-- committed trials' rows (steps, devices), and one row per device (devices).
 --
--- Built over raw_sweeps, raw_trials and raw_steps, which analysis.warehouse
+-- Built over raw_sweeps, raw_trials, raw_steps and raw_devices, which analysis.warehouse
 -- registers with every column of workloads.schema (null where an older file
 -- lacks one). Columns are listed explicitly, so a file's extra or reordered
 -- columns never change what a query sees. Not a named query: `stepscope query
@@ -105,7 +106,8 @@ select
     cast(s.gpu_gap_ms as double) as gpu_gap_ms,
     cast(s.peak_rss_bytes as bigint) as peak_rss_bytes,
     cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
-    cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes
+    cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes,
+    cast(s.alloc_retries as bigint) as alloc_retries
 from raw_steps as s
 where exists (
     select 1

@@ -16,8 +16,14 @@ import gpu_check  # noqa: E402
 
 
 def test_the_cpu_twin_passes_and_a_wrong_figure_fails_it(tmp_path):
+    """Run as on the GPU image: no Ray, no DuckDB (importing either fails)."""
     store = tmp_path / "store"
-    env = {**os.environ, "STEPSCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for module in ("ray", "duckdb"):
+        (blocked / f"{module}.py").write_text(f"raise ImportError('{module} is not on the GPU image')\n")
+    env = {**os.environ, "STEPSCOPE_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--quick", "--no-tests",
          "--keep", str(store)],

@@ -63,8 +63,15 @@ def describe(torch: Any, device: Any, nvml: Any | None = None) -> dict[str, Any]
             compute_capability=f"{props.major}.{props.minor}",
         )
         uuid = _torch_uuid(props)
-        facts["device_uuid"] = uuid
-        facts.update(nvml_facts(uuid, nvml))
+        nv = nvml_facts(uuid, nvml)
+        if not nv and uuid and uuid.startswith("GPU-"):
+            # A MIG instance: torch gives its UUID bare, NVML knows it as MIG-<uuid>.
+            mig = "MIG-" + uuid.removeprefix("GPU-")
+            nv = nvml_facts(mig, nvml)
+            uuid = mig if nv else uuid
+        # Without a UUID (an old torch) the devices row still needs a key, and the same one here.
+        facts["device_uuid"] = uuid or f"GPU-unknown-{facts['host']}-{index}"
+        facts.update(nv)
     else:
         facts["device_name"] = facts["cpu_model"]
         facts["device_uuid"] = cpu_uuid(facts["host"])
@@ -130,7 +137,7 @@ def device_row(facts: dict[str, Any], *, sweep_id: str, trial_id: str, node_id: 
     return {
         "sweep_id": sweep_id,
         "trial_id": trial_id,
-        "device_uuid": facts["device_uuid"] or f"unknown-{facts['host']}-{facts.get('device_index')}",
+        "device_uuid": facts["device_uuid"],
         "observed_at": observed_at,
         "device_kind": facts["device_kind"],
         "device_name": facts["device_name"],

@@ -114,13 +114,18 @@ class PhasePeaks:
         self._rss = [None] * n_phases
         self._alloc = [None] * n_phases
         self._reserved = [None] * n_phases
+        self._retries = [None] * n_phases
+        self._retries_before = 0  # the allocator's cumulative count at the phase's start
         self._nested = getattr(self.cuda, "memory_stats_as_nested_dict", None)
 
-    def _cuda_peaks(self) -> tuple[int, int]:
+    def _cuda_peaks(self) -> tuple[int, int, int]:
+        """Peak allocated, peak reserved, and the cumulative allocation retries."""
         if self._nested is not None:
             stats = self._nested(self.device)
-            return stats["allocated_bytes"]["all"]["peak"], stats["reserved_bytes"]["all"]["peak"]
-        return self.cuda.max_memory_allocated(self.device), self.cuda.max_memory_reserved(self.device)
+            return (stats["allocated_bytes"]["all"]["peak"], stats["reserved_bytes"]["all"]["peak"],
+                    stats.get("num_alloc_retries", 0))
+        return (self.cuda.max_memory_allocated(self.device), self.cuda.max_memory_reserved(self.device),
+                self.cuda.memory_stats(self.device).get("num_alloc_retries", 0))
 
     def mark(self, boundary: int) -> None:
         rss, cuda = self.rss, self.cuda
@@ -128,14 +133,19 @@ class PhasePeaks:
             if rss.available:
                 self._rss[boundary - 1] = rss.read()
             if cuda is not None:
-                self._alloc[boundary - 1], self._reserved[boundary - 1] = self._cuda_peaks()
+                i = boundary - 1
+                self._alloc[i], self._reserved[i], retries = self._cuda_peaks()
+                self._retries[i] = retries - self._retries_before
+                self._retries_before = retries
+        elif cuda is not None:
+            self._retries_before = self._cuda_peaks()[2]
         if rss.available:
             rss.reset()
         if cuda is not None:
             cuda.reset_peak_memory_stats(self.device)
 
-    def read(self) -> tuple[tuple, tuple, tuple]:
-        return tuple(self._rss), tuple(self._alloc), tuple(self._reserved)
+    def read(self) -> tuple[tuple, tuple, tuple, tuple]:
+        return tuple(self._rss), tuple(self._alloc), tuple(self._reserved), tuple(self._retries)
 
     def close(self) -> None:
         self.rss.close()

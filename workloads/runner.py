@@ -51,7 +51,7 @@ class _Measured:
 
     device_ms: list[list[float] | None] = field(default_factory=list)  # None: same as host (CPU)
     gaps_ms: list[list[float | None] | None] = field(default_factory=list)  # GPU idle before each phase
-    host_ns: list[tuple[int, ...]] = field(default_factory=list)  # clock at each phase boundary
+    host_ns: list[tuple[int, ...]] = field(default_factory=list)  # clock at each phase's start and end
     model_to_device_ms: float | None = None
     param_count: int | None = None
     measured_wall_s: float | None = None
@@ -59,7 +59,7 @@ class _Measured:
     facts: dict[str, Any] = field(default_factory=dict)
     work: dict[str, Any] = field(default_factory=dict)  # FLOPs and peaks (utilization.py)
     mem: dict[str, Any] = field(default_factory=dict)  # param/grad/optimizer/activation bytes
-    phase_peaks: list[tuple] = field(default_factory=list)  # per step: (rss, allocated, reserved)
+    phase_peaks: list[tuple] = field(default_factory=list)  # per step: (rss, allocated, reserved, retries)
 
 
 def run_trial(
@@ -361,7 +361,7 @@ def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]
     warmup = trial.params["warmup"]
     rows = []
     no_gaps = (None,) * N_PHASES
-    for it, (dev, gaps, host_ns, (rss, alloc, reserved)) in enumerate(
+    for it, (dev, gaps, host_ns, (rss, alloc, reserved, retries)) in enumerate(
         zip(m.device_ms, m.gaps_ms, m.host_ns, m.phase_peaks, strict=True)
     ):
         host = phase_ms(host_ns)
@@ -382,6 +382,7 @@ def _step_rows(trial: Trial, sweep_id: str, m: _Measured) -> list[dict[str, Any]
                     "peak_rss_bytes": rss[i],
                     "peak_allocated_bytes": alloc[i],
                     "peak_reserved_bytes": reserved[i],
+                    "alloc_retries": retries[i],
                 }
             )
     return rows

@@ -135,6 +135,7 @@ STEPS = pa.schema(
         pa.field("peak_rss_bytes", pa.int64()),  # process peak resident memory in the phase (Linux)
         pa.field("peak_allocated_bytes", pa.int64()),  # CUDA allocator peak in the phase; null on a CPU
         pa.field("peak_reserved_bytes", pa.int64()),
+        pa.field("alloc_retries", pa.int64()),  # CUDA caching allocator retries in the phase; null on a CPU
     ]
 )
 

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workloads.schema import check_rows
+from workloads.schema import TABLES, check_rows
 
 DEFAULT_STORE = "./stepscope-results"
 
@@ -102,6 +103,21 @@ class Store:
 
     def write_sweep(self, row: dict) -> None:
         self.write("sweeps", row["sweep_id"], "sweep", [row])
+
+    def read_rows(self, table: str, columns: Sequence[str]) -> list[dict]:
+        """`columns` of every committed-or-not row of `table`, with pyarrow alone (no
+        DuckDB: `stepscope trial` must run where only torch and pyarrow are). Hidden
+        temporary files are skipped; a column an older file lacks reads as null."""
+        fs, root = self.filesystem()
+        base = f"{root}/{table}"
+        try:
+            if fs.get_file_info(base).type != pafs.FileType.Directory:
+                return []
+            schema = pa.schema([TABLES[table].field(c).with_nullable(True) for c in columns])
+            dataset = ds.dataset(base, filesystem=fs, format="parquet", schema=schema)  # skips "." and "_" files
+            return dataset.to_table(columns=list(columns)).to_pylist()
+        except OSError as exc:
+            raise StoreError(f"--store {self.location}: cannot read {base}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,8 +4,11 @@ A step has N phases and so N+1 boundaries. At each boundary the runner calls
 `mark(i)`; after the last one it calls `read()`, which returns the step's raw
 values: per-phase device milliseconds and the GPU's idle gap before each phase
 (both None on a CPU, where device time is host time), and the host's
-`perf_counter_ns` at each boundary. Turning those into per-phase durations
-(`phase_ms`) is left until after the loop, off the hot path.
+`perf_counter_ns` at the start and the end of each phase. Turning those into
+per-phase durations (`phase_ms`) is left until after the loop, off the hot path.
+At a boundary the runner's own bookkeeping (`between`: memory peaks) runs after
+the previous phase's end and before the next one's start, on both clocks, so no
+phase is charged for it.
 
 - Host times are always `perf_counter_ns` at the boundaries, taken without any
   synchronisation: they are what the host thread spent (on a GPU, mostly kernel
@@ -44,12 +47,16 @@ class CpuPhaseTimer:
     device_timed = False
 
     def __init__(self, n_phases: int, between: Callable[[int], None] = _nothing) -> None:
-        self._host = [0] * (n_phases + 1)
+        self._n = n_phases
+        self._host = [0] * (2 * n_phases)  # start and end of each phase
         self._between = between
 
     def mark(self, boundary: int) -> None:
-        self._host[boundary] = perf_counter_ns()
+        if boundary:
+            self._host[2 * boundary - 1] = perf_counter_ns()
         self._between(boundary)
+        if boundary < self._n:
+            self._host[2 * boundary] = perf_counter_ns()
 
     def read(self) -> tuple[None, None, tuple[int, ...]]:
         return None, None, tuple(self._host)
@@ -68,7 +75,7 @@ class CudaPhaseTimer:
     def __init__(self, n_phases: int, event_factory: Callable[[], object],
                  between: Callable[[int], None] = _nothing) -> None:
         self._n = n_phases
-        self._host = [0] * (n_phases + 1)
+        self._host = [0] * (2 * n_phases)  # start and end of each phase
         self._sets = [
             ([event_factory() for _ in range(n_phases)], [event_factory() for _ in range(n_phases)])
             for _ in range(2)
@@ -81,9 +88,10 @@ class CudaPhaseTimer:
         starts, ends = self._sets[self._current]
         if boundary:
             ends[boundary - 1].record()
-        self._host[boundary] = perf_counter_ns()
+            self._host[2 * boundary - 1] = perf_counter_ns()
         self._between(boundary)
         if boundary < self._n:
+            self._host[2 * boundary] = perf_counter_ns()
             starts[boundary].record()
 
     def read(self) -> tuple[list[float], list[float | None], tuple[int, ...]]:
@@ -99,10 +107,9 @@ class CudaPhaseTimer:
         return device_ms, gaps, tuple(self._host)
 
 
-def phase_ms(boundaries_ns: tuple[int, ...]) -> list[float]:
-    """Per-phase milliseconds from the host's clock readings at the phase boundaries."""
-    b = boundaries_ns
-    return [(b[i + 1] - b[i]) / 1e6 for i in range(len(b) - 1)]
+def phase_ms(host_ns: tuple[int, ...]) -> list[float]:
+    """Per-phase milliseconds from the host's clock at the start and end of each phase."""
+    return [(host_ns[i + 1] - host_ns[i]) / 1e6 for i in range(0, len(host_ns), 2)]
 
 
 def make_timer(device_type: str, n_phases: int, torch_module: object | None = None,

@@ -140,6 +140,7 @@ def step_rows(
                     "peak_rss_bytes": None,
                     "peak_allocated_bytes": None,
                     "peak_reserved_bytes": None,
+                    "alloc_retries": None,
                 }
             )
     return rows

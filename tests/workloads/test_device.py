@@ -117,7 +117,24 @@ def test_pick_device():
 def test_real_nvml_without_a_driver_gives_no_facts():
     if torch.cuda.is_available():
         pytest.skip("a driver is present")
-    assert devices.nvml_facts(None) == {}
+    assert devices.nvml_facts(H100_SXM) == {}  # the real pynvml: nvmlInit fails, nothing raises
+
+
+def test_a_mig_instance_is_found_under_its_mig_uuid():
+    mig = "MIG-1b8a6f43-3c7e-5d9a-a0b1-000000000009"
+    t = fake_torch("GPU-" + mig.removeprefix("MIG-"))  # torch gives the MIG instance's UUID bare
+    nvml = FakeNVML({mig: {"name": "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "memory": 10 * 2**30}})
+    facts = devices.describe(t, SimpleNamespace(type="cuda", index=0), nvml=nvml)
+    assert facts["device_uuid"] == mig and facts["device_name"].endswith("MIG 1g.10gb")
+    assert facts["identity"]["gpu_variant"] == "H100-SXM-80GB"  # the parent board
+
+
+def test_a_device_without_a_uuid_still_gets_one_key_for_trials_and_devices():
+    t = fake_torch("GPU-x")
+    t.cuda.get_device_properties(0).uuid = None
+    facts = devices.describe(t, SimpleNamespace(type="cuda", index=0), nvml=FakeNVML({}))
+    row = devices.device_row(facts, sweep_id="s", trial_id="t", node_id=None, observed_at=None)
+    assert facts["device_uuid"] == row["device_uuid"] == f"GPU-unknown-{facts['host']}-0"
 
 
 @pytest.mark.gpu

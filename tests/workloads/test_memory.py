@@ -84,14 +84,24 @@ class FakeCudaAllocator:
     def __init__(self) -> None:
         self.current = {"allocated_bytes": 0, "reserved_bytes": 0}
         self.peak = dict(self.current)
+        self.retries = 0  # num_alloc_retries: cumulative, never reset by reset_peak_memory_stats
 
     def alloc(self, allocated: int, reserved: int) -> None:
         self.current = {"allocated_bytes": allocated, "reserved_bytes": reserved}
         self.peak = {k: max(self.peak[k], v) for k, v in self.current.items()}
 
     def memory_stats_as_nested_dict(self, device=None):
-        return {k: {pool: {"current": self.current[k], "peak": self.peak[k], "allocated": 0, "freed": 0}
-                    for pool in ("all", "large_pool", "small_pool")} for k in self.current}
+        return self._nested()
+
+    def _nested(self):
+        stats = {k: {pool: {"current": self.current[k], "peak": self.peak[k], "allocated": 0, "freed": 0}
+                     for pool in ("all", "large_pool", "small_pool")} for k in self.current}
+        return {**stats, "num_alloc_retries": self.retries, "num_ooms": 0}
+
+    def memory_stats(self, device=None):
+        flat = {f"{k}.{pool}.{m}": v for k, pools in self._nested().items()
+                if isinstance(pools, dict) for pool, ms in pools.items() for m, v in ms.items()}
+        return {**flat, "num_alloc_retries": self.retries, "num_ooms": 0}
 
     def max_memory_allocated(self, device=None):
         return self.peak["allocated_bytes"]
@@ -108,6 +118,7 @@ def test_phase_peaks_reset_at_every_boundary(nested, monkeypatch):
     from workloads.memory import PhasePeaks
 
     cuda = FakeCudaAllocator()
+    cuda.retries = 5  # retries before the step: not any phase's
     if not nested:  # an older torch: the public per-figure calls
         monkeypatch.setattr(FakeCudaAllocator, "memory_stats_as_nested_dict", None)
     peaks = PhasePeaks(SimpleNamespace(cuda=cuda), SimpleNamespace(type="cuda", index=0), 3)
@@ -115,10 +126,12 @@ def test_phase_peaks_reset_at_every_boundary(nested, monkeypatch):
     cuda.alloc(100, 200)
     cuda.alloc(50, 200)
     peaks.mark(1)  # phase 0 peaked at 100 allocated
+    cuda.retries += 2  # the allocator freed its cache and retried, twice
     cuda.alloc(70, 400)
     peaks.mark(2)  # phase 1 starts from 50: its peak is 70, reserved grew to 400
     cuda.alloc(10, 400)
     peaks.mark(3)
-    _, allocated, reserved = peaks.read()
+    _, allocated, reserved, retries = peaks.read()
     peaks.close()
     assert allocated == (100, 70, 70) and reserved == (200, 400, 400)
+    assert retries == (0, 2, 0)

@@ -21,7 +21,7 @@ def step_rows(n: int, trial_id: str = "t") -> list[dict]:
     return [
         {"sweep_id": "s", "trial_id": trial_id, "iteration": i, "is_warmup": i == 0, "phase": "data",
          "phase_index": 0, "duration_ms": i + 0.25, "host_ms": i + 0.5,
-         "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None}
+         "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "alloc_retries": None}
         for i in range(n)
     ]
 
@@ -76,7 +76,7 @@ import os, sys
 from workloads.store import Store
 rows = [{{"sweep_id": "s", "trial_id": "t", "iteration": i, "is_warmup": False,
           "phase": os.urandom(1000).hex(), "phase_index": 0, "duration_ms": float(i),
-          "host_ms": float(i), "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None}} for i in range({ROWS})]
+          "host_ms": float(i), "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "alloc_retries": None}} for i in range({ROWS})]
 st = Store(sys.argv[1])
 for k in range(1000):
     st.write("steps", "s", f"t{{k:03d}}", rows)

@@ -150,3 +150,18 @@ def test_gaps_show_an_idle_gpu_between_phases():
     device_ms, gaps, _ = timer.read()
     assert gaps[1] == pytest.approx(0.25)
     assert device_ms[0] == pytest.approx(1.0)  # the phase lasts as long as the host took to launch it
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_bookkeeping_between_phases_is_charged_to_no_phase(cuda):
+    """The runner's `between` work (memory peaks) runs after one phase's end and before
+    the next one's start, on the host clock as on the device's."""
+    stream = FakeStream()
+    between = lambda b: time.sleep(0.02)  # noqa: E731 - far longer than the phases
+    timer = CudaPhaseTimer(2, lambda: FakeEvent(stream), between) if cuda else CpuPhaseTimer(2, between)
+    timer.mark(0)
+    timer.mark(1)
+    timer.mark(2)
+    _, _, host_ns = timer.read()
+    assert len(host_ns) == 4 and all(ms < 10 for ms in phase_ms(host_ns))
+    assert host_ns[2] - host_ns[1] >= 20e6  # the gap between phase 0's end and phase 1's start
