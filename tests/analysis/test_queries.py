@@ -19,7 +19,9 @@ from analysis.queries import (
 )
 from analysis.warehouse import connect
 
-NAMED = ("backward_forward_ratio", "phase_breakdown", "trials", "memory_breakdown", "batch_scaling")
+NAMED = (
+    "backward_forward_ratio", "phase_breakdown", "trials", "memory_breakdown", "memory_phases", "batch_scaling",
+)
 
 
 def records(result: tuple[list[str], list[tuple]]) -> list[dict]:
@@ -349,6 +351,26 @@ def test_memory_breakdown_of_a_gpu_trial(store, write, rows):
     assert (row["cuda_context_mib"], row["non_torch_mib"], row["nvml_memory_scope"]) == (500, 1024, "process")
     assert row["used_pct"] == 2.5  # (1 GiB reserved + 1 GiB non-torch) / 80 GiB
     assert row["peak_rss_mib"] == 3000 and row["trials"] == 1
+
+
+def test_memory_phases_gives_each_phase_its_own_peak(store, write, rows):
+    write.sweep("s1")
+
+    def edit(row):
+        allocated = {"forward": 700, "backward": 900}.get(row["phase"], 600) * MIB
+        row.update(peak_allocated_bytes=allocated, peak_reserved_bytes=(allocated + 100 * MIB),
+                   peak_rss_bytes=3000 * MIB, alloc_retries=1 if row["phase"] == "backward" else 0)
+
+    trial = rows.trial("s1", "t1", device_kind="cuda", device_memory_bytes=10 * 1024 * MIB,
+                       non_torch_bytes=24 * MIB)
+    write_steps(store, rows, "s1", "t1", trial, edit)
+    got = records(run_query(connect(store), "memory_phases", {}))
+    assert [r["phase"] for r in got] == ["data", "to_device", "forward", "loss", "backward", "optimizer"]
+    backward = got[4]
+    assert (backward["peak_allocated_mib"], backward["peak_reserved_mib"]) == (900, 1000)
+    assert backward["alloc_retries"] == 2  # one in each of the two measured steps
+    assert backward["used_pct"] == 10.0  # (1000 reserved + 24 non-torch) MiB / 10 GiB
+    assert got[0]["alloc_retries"] == 0 and got[0]["used_pct"] == 7.1  # (700 reserved + 24) / 10240
 
 
 def test_memory_breakdown_on_a_cpu_has_no_allocator_columns(store, write):

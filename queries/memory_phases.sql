@@ -1,0 +1,75 @@
+-- Memory phase by phase: the peak of each phase of a step, and on a GPU its share of the device's capacity, per configuration.
+--
+-- Peaks are reset at every phase boundary, so each phase's figure is its own
+-- high-water mark: on CUDA the caching allocator's peak allocated and reserved
+-- bytes, and the allocation retries it made in the phase (each a cache flush
+-- and a retry: the sign of memory pressure); on every device the process's peak
+-- resident memory. used_pct adds the memory torch does not see (the CUDA
+-- context and others, from NVML after the measured steps) to the phase's peak
+-- reserved and divides by the device's capacity. Maxima over the measured steps
+-- of ok trials; a configuration is every parameter but the seed (config_id).
+-- MiB = 2^20 bytes.
+--
+-- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+--
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+--   phase_index, phase, peak_allocated_mib, peak_reserved_mib, peak_rss_mib, alloc_retries, used_pct
+
+with
+
+chosen_trials as (
+    select *
+    from trials
+    where status = 'ok'
+        and in_sweep(sweep_id, $sweep)
+),
+
+per_phase as (
+    select
+        t.sweep_id,
+        t.workload,
+        t.batch_size,
+        t.precision,
+        t.optimizer,
+        t.config_id,
+        t.gpu,
+        t.device_name,
+        s.phase_index,
+        s.phase,
+        max(s.peak_allocated_bytes) as peak_allocated_bytes,
+        max(s.peak_reserved_bytes) as peak_reserved_bytes,
+        max(s.peak_rss_bytes) as peak_rss_bytes,
+        sum(s.alloc_retries) as alloc_retries,
+        max(t.non_torch_bytes) as non_torch_bytes,
+        max(t.device_memory_bytes) as device_memory_bytes
+    from chosen_trials as t
+    inner join steps as s
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
+    where not s.is_warmup
+    group by all
+),
+
+final as (
+    select
+        sweep_id,
+        workload,
+        batch_size,
+        precision,
+        optimizer,
+        config_id,
+        gpu,
+        device_name,
+        phase_index,
+        phase,
+        round(peak_allocated_bytes / 2 ^ 20, 1) as peak_allocated_mib,
+        round(peak_reserved_bytes / 2 ^ 20, 1) as peak_reserved_mib,
+        round(peak_rss_bytes / 2 ^ 20, 1) as peak_rss_mib,
+        alloc_retries,
+        round(
+            100 * (peak_reserved_bytes + coalesce(non_torch_bytes, 0)) / nullif(device_memory_bytes, 0), 1
+        ) as used_pct
+    from per_phase
+    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name, phase_index
+)
+
+select * from final
