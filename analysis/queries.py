@@ -22,10 +22,9 @@ from pathlib import Path
 
 import duckdb
 
-_HERE = Path(__file__).resolve().parent
-# In a wheel pyproject.toml force-includes queries/ as analysis/sql; in a checkout
-# it sits at the top of the repository.
-_SQL_DIRS = (_HERE / "sql", _HERE.parent / "queries")
+# `stepscope/queries`: in a wheel, the SQL files themselves; in a checkout (and an
+# editable install), src/stepscope/queries, a link to the repository's queries/.
+_SQL_DIRS = (Path(__file__).parent.parent / "queries",)
 
 #: The views every query reads; not a named query itself.
 VIEWS_FILE = "views.sql"

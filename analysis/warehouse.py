@@ -1,6 +1,6 @@
 """An in-memory DuckDB over a store's Parquet files, with the views of queries/views.sql.
 
-For each table of `workloads.schema` we build `raw_<table>`: the store's files
+For each table of `stepscope.workloads.storage.schema` we build `raw_<table>`: the store's files
 UNION ALL BY NAME an empty relation of the current schema, so every column is
 there with its type even when no file has it yet (an older file, an empty
 store). The views then rename and cast from those.
@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from analysis.queries import views_sql
-from workloads.schema import TABLES
-from workloads.store import Store, StoreError
+from stepscope.analysis.queries import views_sql
+from stepscope.workloads.storage.schema import TABLES
+from stepscope.workloads.storage.store import Store, StoreError
 
 _GLOB_CHARS = frozenset("*?[]{}")
 

@@ -16,7 +16,7 @@
    - MFU against the measured matmul peak, and on a GPU against the datasheet peak
      of the exact variant, lies in (0, 1].
 4. Runs the first trial twice more through `isolation: process`'s fork server
-   (`orchestrator.forkserver`, without Ray): each in a fresh process forked from one
+   (`stepscope.orchestrator.forkserver`, without Ray): each in a fresh process forked from one
    server that imported torch, which must be able to use the device.
 5. Prints one table, then the device row (NVML identity), and exits 1 if any check failed.
 
@@ -93,7 +93,7 @@ def run_trials(workdir: Path, store: Path, device: str, quick: bool) -> list[str
         path.write_text(text)
         for index in range(3):
             proc = subprocess.run(
-                [sys.executable, "-m", "orchestrator.cli", "trial", str(path), "--index", str(index),
+                [sys.executable, "-m", "stepscope", "trial", str(path), "--index", str(index),
                  "--store", str(store)],
                 cwd=workdir, env=env, capture_output=True, text=True,
             )
@@ -104,11 +104,11 @@ def run_trials(workdir: Path, store: Path, device: str, quick: bool) -> list[str
 
 def fork_server_check(workdir: Path, device: str, quick: bool) -> tuple[str, list[str]]:
     """Two trials through the fork server: distinct fresh processes, both on `device`."""
-    from orchestrator import forkserver
-    from orchestrator.grid import expand
-    from orchestrator.scheduler import PRELOAD
-    from orchestrator.spec import load_spec
-    from workloads.runner import run_trial
+    from stepscope.orchestrator import forkserver
+    from stepscope.orchestrator.grid import expand
+    from stepscope.orchestrator.scheduler import PRELOAD
+    from stepscope.orchestrator.spec import load_spec
+    from stepscope.workloads.measure.runner import run_trial
 
     name, text = next(iter(specs(device, quick).items()))
     path = workdir / f"fork-{name}"

@@ -5,7 +5,7 @@ size each) this times the same training step two ways, on the CPU, in fp32:
 
 - plain:  a hand-written loop with no timers -- make_batch, .to(device), model(x),
           loss_fn, backward, AdamW step, zero_grad(set_to_none=True);
-- runner: `workloads.runner.run_trial(trial, "bench", None)`, i.e. the real `_loop`
+- runner: `stepscope.workloads.measure.runner.run_trial(trial, "bench", None)`, i.e. the real `_loop`
           with its phase timers and bookkeeping (store=None: nothing is written).
 
 Both run `--warmup` unmeasured steps, then `--iterations` measured ones, and the number
@@ -66,9 +66,9 @@ from time import perf_counter_ns
 
 import torch
 
-from workloads.api import Trial
-from workloads.registry import load_builder, resolve_params
-from workloads.runner import run_trial
+from stepscope.workloads.measure.runner import run_trial
+from stepscope.workloads.registry import load_builder, resolve_params
+from stepscope.workloads.trial import Trial
 
 #: Batch sizes that make one step take roughly 5-100 ms on one CPU thread at the
 #: registry's default model sizes (mlp 4x256, resnet 18 at 32x32, gpt 2x128 at 64 tokens).

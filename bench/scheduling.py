@@ -2,7 +2,7 @@
 
 Runs N trivial trials (a 1-layer, 8-unit MLP, one step, no warmup) on a local Ray
 cluster, once with `isolation: reuse` and once with `isolation: process`, through
-the real scheduler (`orchestrator.scheduler.run_sweep`, stores and all), and prints:
+the real scheduler (`stepscope.orchestrator.scheduler.run_sweep`, stores and all), and prints:
 
 - trials_per_s: trials finished per second of sweep wall time (the first worker's
   start-up included, amortised over the trials);
@@ -60,11 +60,11 @@ def python_import_torch_s(repeats: int = 5) -> float:
 
 
 def run_one(isolation: str, n: int, address: str, workdir: str) -> dict:
-    from analysis.warehouse import connect
-    from orchestrator.grid import expand
-    from orchestrator.scheduler import Session, run_sweep
-    from orchestrator.spec import parse_spec
-    from workloads.store import Store
+    from stepscope.analysis.warehouse import connect
+    from stepscope.orchestrator.grid import expand
+    from stepscope.orchestrator.scheduler import Session, run_sweep
+    from stepscope.orchestrator.spec import parse_spec
+    from stepscope.workloads.storage.store import Store
 
     spec = parse_spec(SPEC.format(isolation=isolation, seeds=", ".join(map(str, range(n)))))
     trials = expand(spec)

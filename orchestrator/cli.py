@@ -14,11 +14,11 @@ import traceback
 
 import click
 
-from orchestrator.output import output_options, render
-from orchestrator.spec import SpecError, SweepSpec, load_spec
-from workloads.params import COMMON_PARAMS, ParamError
-from workloads.registry import BUILTINS, find_custom_module, is_custom
-from workloads.store import Store, StoreError, resolve_store
+from stepscope.orchestrator.output import output_options, render
+from stepscope.orchestrator.spec import SpecError, SweepSpec, load_spec
+from stepscope.workloads.params import COMMON_PARAMS, ParamError
+from stepscope.workloads.registry import BUILTINS, find_custom_module, is_custom
+from stepscope.workloads.storage.store import Store, StoreError, resolve_store
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -57,8 +57,8 @@ def _domain_errors() -> tuple[type[Exception], ...]:
     import importlib
 
     errors: list[type[Exception]] = [SpecError, StoreError, ParamError]
-    for module, name in (("analysis.queries", "QueryError"), ("orchestrator.jobs", "JobError"),
-                         ("orchestrator.scheduler", "SchedulerError")):
+    for module, name in (("stepscope.analysis.queries", "QueryError"), ("stepscope.orchestrator.jobs", "JobError"),
+                         ("stepscope.orchestrator.scheduler", "SchedulerError")):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except ImportError:
@@ -99,7 +99,7 @@ def plan(spec_path: str) -> None:
 
         stepscope plan examples/quickstart.yaml
     """
-    from orchestrator.grid import expand
+    from stepscope.orchestrator.grid import expand
 
     spec = load_spec(spec_path)
     trials = expand(spec)
@@ -188,7 +188,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _check_custom_workloads(spec: SweepSpec, trials) -> None:
-    from orchestrator.scheduler import search_paths
+    from stepscope.orchestrator.scheduler import search_paths
 
     for name in sorted({t.params["workload"] for t in trials if is_custom(t.params["workload"])}):
         if not find_custom_module(name, search_paths(spec)):
@@ -220,9 +220,9 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
         stepscope run examples/quickstart.yaml --store ./results
         stepscope run examples/quickstart.yaml --resume
     """
-    from orchestrator.grid import expand
-    from orchestrator.resume import pick_sweep
-    from orchestrator.scheduler import Session, plan_trials, run_sweep, search_paths
+    from stepscope.orchestrator.grid import expand
+    from stepscope.orchestrator.resume import pick_sweep
+    from stepscope.orchestrator.scheduler import Session, plan_trials, run_sweep, search_paths
 
     spec = load_spec(spec_path)
     _check_custom_workloads(spec, expand(spec))
@@ -289,9 +289,9 @@ def submit(spec_path: str, address: str | None, store: str | None, trial_timeout
         stepscope submit sweep.yaml --address http://head:8265 --store s3://bucket/results --wait
         stepscope jobs logs JOB_ID --address http://head:8265
     """
-    from orchestrator import jobs
-    from orchestrator.grid import expand
-    from orchestrator.scheduler import search_paths
+    from stepscope.orchestrator import jobs
+    from stepscope.orchestrator.grid import expand
+    from stepscope.orchestrator.scheduler import search_paths
 
     spec = load_spec(spec_path)
     trials = expand(spec)
@@ -345,7 +345,7 @@ def jobs_status(job_id: str, address: str | None) -> None:
 
         stepscope jobs status raysubmit_XYZ --address http://head:8265
     """
-    from orchestrator import jobs as j
+    from stepscope.orchestrator import jobs as j
 
     info = _job_call(lambda: j.client(address).get_job_info(job_id), job_id)
     status = str(info.status).rsplit(".", 1)[-1]
@@ -364,7 +364,7 @@ def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
 
         stepscope jobs logs raysubmit_XYZ --follow --address http://head:8265
     """
-    from orchestrator import jobs as j
+    from stepscope.orchestrator import jobs as j
 
     jc = j.client(address)
     if follow:
@@ -382,14 +382,14 @@ def jobs_stop(job_id: str, address: str | None) -> None:
 
         stepscope jobs stop raysubmit_XYZ --address http://head:8265
     """
-    from orchestrator import jobs as j
+    from stepscope.orchestrator import jobs as j
 
     stopped = _job_call(lambda: j.client(address).stop_job(job_id), job_id)
     click.echo(f"{job_id}: {'stopping' if stopped else 'already ended'}")
 
 
 def _job_call(fn, job_id: str):
-    from orchestrator.jobs import JobError
+    from stepscope.orchestrator.jobs import JobError
 
     try:
         return fn()
@@ -418,10 +418,10 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
         stepscope trial examples/quickstart.yaml --index 0
         stepscope trial each.yaml --index 3 --gpu H100-SXM-80GB
     """
-    from orchestrator.grid import expand
-    from orchestrator.resume import pick_sweep
-    from orchestrator.scheduler import search_paths, sweep_row
-    from workloads.runner import run_trial
+    from stepscope.orchestrator.grid import expand
+    from stepscope.orchestrator.resume import pick_sweep
+    from stepscope.orchestrator.scheduler import search_paths, sweep_row
+    from stepscope.workloads.measure.runner import run_trial
 
     spec = load_spec(spec_path)
     if spec.gpus_each and not gpu_type:
@@ -484,8 +484,8 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         stepscope query --list
         stepscope query phase_breakdown -p sweep=all --format markdown
     """
-    from analysis.queries import list_queries, run_query
-    from analysis.warehouse import connect
+    from stepscope.analysis.queries import list_queries, run_query
+    from stepscope.analysis.warehouse import connect
 
     if list_:
         rows = [[q.name, q.description, ", ".join(f"{p.name}={p.default}" for p in q.parameters)] for q in list_queries()]
@@ -514,8 +514,8 @@ def sql(sql_text: str, store: str | None, fmt: str | None) -> None:
 
         stepscope sql "select workload, precision, median(samples_per_s) from trials group by all"
     """
-    from analysis.queries import run_sql
-    from analysis.warehouse import connect
+    from stepscope.analysis.queries import run_sql
+    from stepscope.analysis.warehouse import connect
 
     columns, rows = run_sql(connect(resolve_store(store)), sql_text)
     click.echo(render(columns, rows, fmt))

@@ -66,7 +66,7 @@ class ForkServer:
         # NVML instead of initialising the CUDA driver, which no forked child could use.
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = f"import sys; sys.path.insert(0, {root!r}); from orchestrator.forkserver import _serve; _serve({req_r}, {res_w})"
+        code = f"import sys; sys.path.insert(0, {root!r}); from stepscope.orchestrator.forkserver import _serve; _serve({req_r}, {res_w})"
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(req_r, res_w), env=env, stdin=subprocess.DEVNULL)
         except BaseException:

@@ -8,9 +8,9 @@ import itertools
 import json
 from collections.abc import Sequence
 
-from orchestrator.spec import SweepSpec
-from workloads.api import Trial
-from workloads.registry import resolve_params
+from stepscope.orchestrator.spec import SweepSpec
+from stepscope.workloads.registry import resolve_params
+from stepscope.workloads.trial import Trial
 
 
 def grid_points(spec: SweepSpec) -> list[dict]:

@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from orchestrator.spec import SpecError, SweepSpec
-from workloads.registry import is_custom
-from workloads.store import Store, StoreError, is_uri
+from stepscope.orchestrator.spec import SpecError, SweepSpec
+from stepscope.workloads.registry import is_custom
+from stepscope.workloads.storage.store import Store, StoreError, is_uri
 
 
 class JobError(RuntimeError):
@@ -39,7 +39,7 @@ def jobs_address(address: str | None) -> str:
 def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
-    from orchestrator.scheduler import _use_token_if_present
+    from stepscope.orchestrator.scheduler import _use_token_if_present
 
     where = jobs_address(address)
     _use_token_if_present(where)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.spec import SweepSpec
-from workloads.schema import RESULT_STATUSES
-from workloads.store import Store
+from stepscope.orchestrator.spec import SweepSpec
+from stepscope.workloads.storage.schema import RESULT_STATUSES
+from stepscope.workloads.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class ChosenSweep:
 def pick_sweep(store: Store, spec: SweepSpec, *, sweep_id: str | None, resume: bool) -> ChosenSweep:
     """`--sweep-id` wins; `--resume` continues the latest sweep of the same spec
     (same name and meaning) in the store; otherwise a new sweep."""
-    from orchestrator.scheduler import new_sweep_id
+    from stepscope.orchestrator.scheduler import new_sweep_id
 
     # Read with pyarrow, not DuckDB: `stepscope trial` runs on GPU images without it.
     sweeps = store.read_rows("sweeps", ["sweep_id", "name", "spec_hash", "created_at"])

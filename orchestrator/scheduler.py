@@ -6,11 +6,11 @@ The only module that imports Ray. One Ray task per trial:
   ran another trial, so CUDA memory, allocator caches, cuDNN autotuning and torch's
   global state never leak from one trial into the next. Workers are kept; each forks
   the trial's process from a server that has imported torch once
-  (`orchestrator.forkserver`), so a trial pays milliseconds, not a process start.
+  (`stepscope.orchestrator.forkserver`), so a trial pays milliseconds, not a process start.
   A trial's process that dies counts as a dead worker. `reuse` runs trials in the
   worker itself (faster still, for quick grids).
 - One trial per GPU at a time (`num_gpus=1`), pinned to a GPU type with a
-  fractional custom resource (see `orchestrator.cluster`). On a cluster without
+  fractional custom resource (see `stepscope.orchestrator.cluster`). On a cluster without
   GPUs a trial takes all the CPUs of a node: trials that share cores time nothing.
 - The driver hands Ray only as many trials of a type as there are GPUs (or CPU
   nodes) for them. So a handed-out trial is a running trial: `--trial-timeout`
@@ -36,19 +36,19 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator import cluster, forkserver
-from orchestrator.spec import SweepSpec
-from workloads.api import Trial
-from workloads.registry import BUILTINS
-from workloads.runner import failed_row, run_trial, version
-from workloads.schema import RESULT_STATUSES, SCHEMA_VERSION
-from workloads.store import Store
+from stepscope.orchestrator import cluster, forkserver
+from stepscope.orchestrator.spec import SweepSpec
+from stepscope.workloads.measure.runner import failed_row, run_trial, version
+from stepscope.workloads.registry import BUILTINS
+from stepscope.workloads.storage.schema import RESULT_STATUSES, SCHEMA_VERSION
+from stepscope.workloads.storage.store import Store
+from stepscope.workloads.trial import Trial
 
 MAX_RETRIES = 2  # resubmissions after a worker, a trial's process or a node died
 #: What the fork server of `isolation: process` imports once, for every trial's process.
 #: torch._dynamo (with sympy) is imported lazily by torch on a trial's first optimizer step
 #: or FLOP count: a second per trial if the server did not.
-PRELOAD = ("torch", "torch._dynamo", "workloads.runner", *(w.module for w in BUILTINS.values()))
+PRELOAD = ("torch", "torch._dynamo", "stepscope.workloads.measure.runner", *(w.module for w in BUILTINS.values()))
 NODE_REFRESH_S = 5.0  # how often the driver re-reads which nodes are alive
 
 
@@ -268,7 +268,7 @@ def _probe_answer(ray, ref) -> bool:
 
 
 def plan_trials(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> tuple[list[Trial], list[str] | None]:
-    from orchestrator.grid import expand
+    from stepscope.orchestrator.grid import expand
 
     types = resolve_gpu_types(spec, nodes)
     return expand(spec, types if spec.gpus_each else None), types

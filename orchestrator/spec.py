@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from workloads.params import ParamError
-from workloads.registry import resolve_params
+from stepscope.workloads.params import ParamError
+from stepscope.workloads.registry import resolve_params
 
 Scalar = int | float | str | bool
 
@@ -220,7 +220,7 @@ class _Validator:
 
     def check_points(self, spec: SweepSpec) -> None:
         """Validate every grid point's resolved parameters; an empty plan is an error."""
-        from orchestrator.grid import grid_points  # local: grid imports this module
+        from stepscope.orchestrator.grid import grid_points  # local: grid imports this module
 
         points = grid_points(spec)
         if not points:

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def cli_runner():
-    from orchestrator.cli import cli
+    from stepscope.orchestrator.cli import cli
 
     runner = CliRunner()
 

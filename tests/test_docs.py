@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import cli
+from stepscope.orchestrator.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = sorted(cli.commands)

@@ -28,20 +28,20 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    sql = {Path(n).name for n in names if n.startswith("analysis/sql/")}
+    sql = {Path(n).name for n in names if n.startswith("stepscope/queries/")}
     assert {p.name for p in (ROOT / "queries").glob("*.sql")} == sql
-    for pkg in ("orchestrator", "workloads", "analysis", "workloads/builtin"):
+    for pkg in ("stepscope", "stepscope/orchestrator", "stepscope/workloads", "stepscope/analysis", "stepscope/workloads/builtin"):
         assert f"{pkg}/__init__.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "stepscope = orchestrator.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "stepscope = stepscope.orchestrator.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 def test_installed_copy_finds_its_queries_without_a_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import analysis, analysis.queries as q\n"
-        "print(analysis.__file__)\n"
+        "import stepscope.analysis, stepscope.analysis.queries as q\n"
+        "print(stepscope.analysis.__file__)\n"
         "print(q.sql_dir())\n"
         "print(sorted(i.name for i in q.list_queries()))\n"
     )
@@ -49,5 +49,5 @@ def test_installed_copy_finds_its_queries_without_a_checkout(wheel, tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()
-    assert out[0].startswith(str(site)) and out[1] == str(site / "analysis" / "sql")
+    assert out[0].startswith(str(site)) and out[1] == str(site / "stepscope" / "queries")
     assert "phase_breakdown" in out[2]

@@ -9,60 +9,28 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
+import pkgutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
-from workloads.params import COMMON_BY_NAME, Param, ParamError
-
-
-@dataclass(frozen=True, slots=True)
-class WorkloadInfo:
-    name: str
-    module: str  # imported only when a trial builds it
-    description: str
-    params: tuple[Param, ...]
-
-    @property
-    def params_by_name(self) -> dict[str, Param]:
-        return {p.name: p for p in self.params}
+from stepscope.workloads import builtin
+from stepscope.workloads.builtin.base import BuiltinInfo
+from stepscope.workloads.params import COMMON_BY_NAME, ParamError
 
 
-BUILTINS: dict[str, WorkloadInfo] = {
-    "mlp": WorkloadInfo(
-        name="mlp",
-        module="workloads.builtin.mlp",
-        description="multi-layer perceptron classifier on random features",
-        params=(
-            Param("depth", int, 4, "hidden layers", minimum=1),
-            Param("width", int, 256, "units per hidden layer", minimum=1),
-            Param("input_dim", int, 256, "input features", minimum=1),
-            Param("num_classes", int, 10, "output classes", minimum=2),
-        ),
-    ),
-    "resnet": WorkloadInfo(
-        name="resnet",
-        module="workloads.builtin.resnet",
-        description="ResNet image classifier (basic blocks at 18/34, bottlenecks at 50/101)",
-        params=(
-            Param("depth", int, 18, "ResNet depth", choices=(18, 34, 50, 101)),
-            Param("image_size", int, 32, "input height and width in pixels", minimum=8),
-            Param("num_classes", int, 10, "output classes", minimum=2),
-        ),
-    ),
-    "gpt": WorkloadInfo(
-        name="gpt",
-        module="workloads.builtin.gpt",
-        description="decoder-only transformer language model (GPT-2 style, tied embeddings)",
-        params=(
-            Param("n_layer", int, 2, "transformer blocks", minimum=1),
-            Param("n_head", int, 4, "attention heads", minimum=1),
-            Param("d_model", int, 128, "embedding width; a multiple of n_head", minimum=1),
-            Param("seq_len", int, 64, "tokens per sequence (the context length)", minimum=1),
-            Param("vocab_size", int, 1024, "vocabulary size", minimum=2),
-        ),
-    ),
-}
+def _discover() -> dict[str, BuiltinInfo]:
+    """Every folder of `stepscope.workloads.builtin` with an `INFO`, by name.
+    Imports only the folders' torch-free `__init__` modules."""
+    found: dict[str, BuiltinInfo] = {}
+    for entry in sorted(pkgutil.iter_modules(builtin.__path__), key=lambda m: m.name):
+        if entry.ispkg:
+            info = importlib.import_module(f"{builtin.__name__}.{entry.name}").INFO
+            found[info.name] = info
+    return found
+
+
+BUILTINS: dict[str, BuiltinInfo] = _discover()
 
 
 def is_custom(name: str) -> bool:
@@ -114,27 +82,45 @@ def resolve_params(raw: Mapping[str, object]) -> dict[str, object]:
     for key, param in declared.items():
         if key not in out and param.default is not None:
             out[key] = param.default
-    _check_cross_field(out)
+    if not is_custom(name) and BUILTINS[name].check is not None:
+        BUILTINS[name].check(out)
     return out
 
 
-def _check_cross_field(p: Mapping[str, object]) -> None:
-    if p["workload"] == "gpt" and p["d_model"] % p["n_head"]:
-        raise ParamError(
-            "d_model", f"d_model {p['d_model']} must be a multiple of n_head {p['n_head']}"
-        )
+def locate_module(name: str, search_paths: Iterable[str] = ()) -> str | None:
+    """Where a custom workload's top-level module is, without importing (running) it.
+
+    `name` is `module.path:function`; its first dotted part is looked up on
+    `search_paths` (beside the spec, then the current directory: see
+    `stepscope.orchestrator.scheduler.search_paths`), then on sys.path, as the worker
+    will import it. Returns the module's file, or a package's directory; None when
+    it cannot be found, or is built into the interpreter (there is no file to ship).
+    The one place that answers "where is this custom module": `plan`/`run` check with
+    it, `submit` ships what it names.
+    """
+    top = name.partition(":")[0].split(".")[0]
+    with _extra_path(search_paths):
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package, regular or namespace
+        return next(iter(spec.submodule_search_locations), None)
+    return spec.origin if spec.origin and os.path.isfile(spec.origin) else None
 
 
 def find_custom_module(name: str, search_paths: Iterable[str]) -> bool:
-    """True when a custom workload's top-level module can be found on
-    `search_paths` + sys.path, without importing (and so without running) it."""
-    top = name.partition(":")[0].split(".")[0]
-    with _extra_path(search_paths):
-        return importlib.util.find_spec(top) is not None
+    """True when a custom workload's top-level module can be found (`locate_module`)."""
+    return locate_module(name, search_paths) is not None
 
 
 def load_builder(name: str, search_paths: Iterable[str] = ()) -> Callable:
-    """Import and return the `build(params) -> Workload` function for a workload name."""
+    """Import and return the `build(params) -> Workload` function for a workload name.
+
+    Raises ImportError (ModuleNotFoundError) when the module or the function is not there.
+    """
     if not is_custom(name):
         return importlib.import_module(BUILTINS[name].module).build
     module_name, _, func = name.partition(":")

@@ -1,4 +1,4 @@
-"""analysis.queries and the named queries in queries/, on hand-made numbers."""
+"""stepscope.analysis.queries and the named queries in queries/, on hand-made numbers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import analysis.queries as queries
-from analysis.queries import (
+import stepscope.analysis.queries as queries
+from stepscope.analysis.queries import (
     QueryError,
     QueryInfo,
     QueryParam,
@@ -17,7 +17,7 @@ from analysis.queries import (
     run_query,
     run_sql,
 )
-from analysis.warehouse import connect
+from stepscope.analysis.warehouse import connect
 
 NAMED = (
     "backward_forward_ratio", "phase_breakdown", "trials", "memory_breakdown", "memory_phases", "batch_scaling",

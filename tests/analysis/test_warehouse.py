@@ -1,4 +1,4 @@
-"""analysis.warehouse: raw relations over real Parquet files, and the views over them."""
+"""stepscope.analysis.warehouse: raw relations over real Parquet files, and the views over them."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import analysis.warehouse
-from analysis.queries import list_queries, views_sql
-from analysis.warehouse import connect
-from workloads.schema import TABLES
-from workloads.store import Store, StoreError
+import stepscope.analysis.warehouse
+from stepscope.analysis.queries import list_queries, views_sql
+from stepscope.analysis.warehouse import connect
+from stepscope.workloads.storage.schema import TABLES
+from stepscope.workloads.storage.store import Store, StoreError
 
 VIEWS = ("sweeps", "trials", "steps", "devices")
 
@@ -50,7 +50,7 @@ def test_a_store_that_is_a_file_is_a_store_error(tmp_path):
 
 
 def test_views_read_only_columns_of_the_schema():
-    # Raw relations of exactly workloads.schema: a view (or a named query) that reads
+    # Raw relations of exactly stepscope.workloads.storage.schema: a view (or a named query) that reads
     # a column the writer does not write fails to bind here.
     con = duckdb.connect()
     for table, schema in TABLES.items():
@@ -163,11 +163,11 @@ def test_a_uri_store_reads_through_its_pyarrow_filesystem(tmp_path, rows):
 
 def test_analysis_imports_neither_ray_nor_torch_nor_click():
     code = (
-        "import sys, analysis.warehouse, analysis.queries\n"
+        "import sys, stepscope.analysis.warehouse, stepscope.analysis.queries\n"
         "bad = {'ray', 'torch', 'click'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )
-    repo = Path(analysis.warehouse.__file__).resolve().parents[1]
+    repo = Path(stepscope.analysis.warehouse.__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)
 
 

@@ -1,4 +1,4 @@
-"""analysis.warehouse over an s3:// store: a real S3 API (moto's server on loopback, see
+"""stepscope.analysis.warehouse over an s3:// store: a real S3 API (moto's server on loopback, see
 tests/conftest.py), read through the store's pyarrow filesystem, not DuckDB's httpfs."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.queries import run_query
-from analysis.warehouse import connect
-from workloads.schema import TABLES
-from workloads.store import Store, StoreError
+from stepscope.analysis.queries import run_query
+from stepscope.analysis.warehouse import connect
+from stepscope.workloads.storage.schema import TABLES
+from stepscope.workloads.storage.store import Store, StoreError
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ def stepscope(tmp_path):
         env.pop("RAY_ADDRESS", None)
         env.pop("STEPSCOPE_STORE", None)
         proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+            [sys.executable, "-m", "stepscope", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
         )
         if check_rc is not None:
             assert proc.returncode == check_rc, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.warehouse import connect
+from stepscope.analysis.warehouse import connect
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from analysis.warehouse import connect
+from stepscope.analysis.warehouse import connect
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from workloads.schema import TABLES
-from workloads.store import Store
+from stepscope.workloads.storage.schema import TABLES
+from stepscope.workloads.storage.store import Store
 
 pytestmark = pytest.mark.slow
 

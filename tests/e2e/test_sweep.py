@@ -17,13 +17,13 @@ import pytest
 pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-STEPSCOPE = [sys.executable, "-m", "orchestrator.cli"]
+STEPSCOPE = [sys.executable, "-m", "stepscope"]
 
 PHASE_MS = {"data": 20, "forward": 40, "loss": 10, "backward": 60, "optimizer": 30}
 
 
 def q(store, sql):
-    from analysis.warehouse import connect
+    from stepscope.analysis.warehouse import connect
 
     return connect(str(store)).execute(sql).fetchall()
 

@@ -6,17 +6,17 @@ import json
 
 import pytest
 
-from workloads.api import Trial
-from workloads.registry import resolve_params
-from workloads.runner import run_trial
-from workloads.store import Store
+from stepscope.workloads.measure.runner import run_trial
+from stepscope.workloads.registry import resolve_params
+from stepscope.workloads.storage.store import Store
+from stepscope.workloads.trial import Trial
 
 
 @pytest.fixture
 def store(tmp_path):
     """A real store with one sweep of two real (tiny) trials."""
-    from orchestrator.scheduler import sweep_row
-    from orchestrator.spec import parse_spec
+    from stepscope.orchestrator.scheduler import sweep_row
+    from stepscope.orchestrator.spec import parse_spec
 
     st = Store(str(tmp_path / "store"))
     spec = parse_spec("name: tiny\ngrid: {workload: [mlp], batch_size: [4, 8]}\n")
@@ -94,8 +94,8 @@ def test_unexpected_errors_are_one_line_without_debug(cli_runner, tmp_path):
 
 
 def test_trial_of_a_gpus_each_spec_needs_its_type(cli_runner, write_spec, tmp_path):
-    from orchestrator.grid import expand
-    from orchestrator.spec import load_spec
+    from stepscope.orchestrator.grid import expand
+    from stepscope.orchestrator.spec import load_spec
 
     spec = write_spec("name: e\nfixed: {depth: 1, width: 8, input_dim: 8, iterations: 1, warmup: 0}\n"
                       "grid: {workload: [mlp]}\ngpus: each\n")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import cluster
-from orchestrator.scheduler import SchedulerError, check_store_visible, resolve_gpu_types
-from orchestrator.spec import parse_spec
-from workloads.store import Store
+from stepscope.orchestrator import cluster
+from stepscope.orchestrator.scheduler import SchedulerError, check_store_visible, resolve_gpu_types
+from stepscope.orchestrator.spec import parse_spec
+from stepscope.workloads.storage.store import Store
 
 
 def ray_node(node_id, ip="10.0.0.1", cpus=8, gpus=0, **custom):

@@ -3,8 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from orchestrator.grid import expand, grid_points
-from orchestrator.spec import parse_spec
+from stepscope.orchestrator.grid import expand, grid_points
+from stepscope.orchestrator.spec import parse_spec
 
 SPEC = """
 name: g
@@ -60,7 +60,7 @@ def test_plan_imports_neither_torch_nor_ray(tmp_path):
     spec.write_text(SPEC)
     code = (
         "import sys\n"
-        "from orchestrator.cli import cli\n"
+        "from stepscope.orchestrator.cli import cli\n"
         "try:\n"
         f"    cli(['plan', {str(spec)!r}])\n"
         "except SystemExit as e:\n"

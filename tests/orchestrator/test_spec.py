@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spec import parse_spec
+from stepscope.orchestrator.spec import parse_spec
 
 GOOD = """
 name: ok
@@ -94,14 +94,14 @@ def test_good_spec_parses_to_frozen_typed_values():
 
 
 def test_float_params_accept_yaml_exponent_strings():
-    from orchestrator.grid import expand
+    from stepscope.orchestrator.grid import expand
 
     spec = parse_spec("name: x\nfixed: {lr: 1e-3}\ngrid: {workload: [mlp]}\n")
     assert expand(spec)[0].params["lr"] == pytest.approx(0.001)
 
 
 def test_custom_workload_accepts_its_own_params():
-    from orchestrator.grid import expand
+    from stepscope.orchestrator.grid import expand
 
     spec = parse_spec("name: x\nfixed: {forward_ms: 5}\ngrid: {workload: ['sleepy:build']}\n")
     assert expand(spec)[0].params["forward_ms"] == 5

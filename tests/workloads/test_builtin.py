@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workloads import Workload
-from workloads.builtin import gpt, resnet
-from workloads.registry import BUILTINS, load_builder, resolve_params
+from stepscope import Workload
+from stepscope.workloads.builtin.gpt import model as gpt
+from stepscope.workloads.builtin.resnet import model as resnet
+from stepscope.workloads.registry import BUILTINS, load_builder, resolve_params
 
 
 def _count(model: torch.nn.Module) -> int:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workloads import device as devices
+from stepscope.workloads.measure import device as devices
 
 
 class NVMLError(Exception):

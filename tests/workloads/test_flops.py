@@ -8,10 +8,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workloads import Workload
-from workloads.builtin import gpt, mlp, resnet
-from workloads.flops import FlopCount, FlopCountError, analytic_gpt_flops, count_step_flops
-from workloads.registry import BUILTINS, load_builder, resolve_params
+from stepscope import Workload
+from stepscope.workloads.builtin.gpt import analytic_flops as analytic_gpt_flops
+from stepscope.workloads.builtin.gpt import model as gpt
+from stepscope.workloads.builtin.mlp import model as mlp
+from stepscope.workloads.builtin.resnet import model as resnet
+from stepscope.workloads.measure.flops import FlopCount, FlopCountError, count_step_flops
+from stepscope.workloads.registry import BUILTINS, load_builder, resolve_params
 
 GPT2_SMALL = {"n_layer": 12, "n_head": 12, "d_model": 768, "seq_len": 1024, "vocab_size": 50257}
 

@@ -16,7 +16,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from workloads.identity import GpuModel, gpu_variant, identity_by_uuid, nvml_identity
+from stepscope.workloads.measure.identity import (
+    GpuModel,
+    gpu_variant,
+    identity_by_uuid,
+    nvml_identity,
+)
 
 MIB = 2**20
 
@@ -294,5 +299,5 @@ def test_identity_by_uuid_initialises_and_shuts_down():
 
 
 def test_importing_identity_does_not_import_torch():
-    code = "import sys, workloads.identity, workloads.peaks; assert 'torch' not in sys.modules"
+    code = "import sys, stepscope.workloads.measure.identity, stepscope.workloads.measure.peaks; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

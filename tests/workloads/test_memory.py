@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from workloads.memory import nvml_used_bytes
+from stepscope.workloads.measure.memory import nvml_used_bytes
 
 UUID = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000001"
 GIB = 2**30
@@ -115,7 +115,7 @@ class FakeCudaAllocator:
 
 @pytest.mark.parametrize("nested", [True, False])
 def test_phase_peaks_reset_at_every_boundary(nested, monkeypatch):
-    from workloads.memory import PhasePeaks
+    from stepscope.workloads.measure.memory import PhasePeaks
 
     cuda = FakeCudaAllocator()
     cuda.retries = 5  # retries before the step: not any phase's

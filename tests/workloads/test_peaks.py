@@ -15,9 +15,16 @@ import time
 import pytest
 import torch
 
-from workloads import peaks
-from workloads.identity import gpu_variant
-from workloads.peaks import PEAKS, Peak, PeakError, datasheet_peak, measured_matmul_peak, mfu
+from stepscope.workloads.measure import peaks
+from stepscope.workloads.measure.identity import gpu_variant
+from stepscope.workloads.measure.peaks import (
+    PEAKS,
+    Peak,
+    PeakError,
+    datasheet_peak,
+    measured_matmul_peak,
+    mfu,
+)
 
 HOPPER_AMPERE = [lb for lb in {p.label for p in PEAKS} if lb.startswith(("H100", "H200", "A100", "A10-"))]
 
@@ -160,7 +167,7 @@ def test_fp8_is_not_measured(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_peak_is_below_the_datasheet(tmp_path):
-    from workloads.identity import identity_by_uuid
+    from stepscope.workloads.measure.identity import identity_by_uuid
 
     props = torch.cuda.get_device_properties(0)
     uuid = str(props.uuid)

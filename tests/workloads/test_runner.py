@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from workloads.api import Trial
-from workloads.registry import resolve_params
-from workloads.runner import run_trial
-from workloads.schema import DEVICES, PHASES, STEPS, TRIALS
-from workloads.store import Store
+from stepscope.workloads.measure.runner import run_trial
+from stepscope.workloads.registry import resolve_params
+from stepscope.workloads.storage.schema import DEVICES, PHASES, STEPS, TRIALS
+from stepscope.workloads.storage.store import Store
+from stepscope.workloads.trial import Trial
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -163,7 +163,7 @@ def test_cuda_phases_add_up_to_the_step(tmp_path, precision):
 def test_flops_and_mfu_of_a_cpu_trial(tmp_path, monkeypatch):
     """FLOPs counted exactly in an untimed pass; MFU against the node's measured peak,
     which is measured once and then read from the cache."""
-    from workloads import peaks
+    from stepscope.workloads.measure import peaks
 
     monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     trial = make_trial(workload="mlp", depth=2, width=32, input_dim=16, num_classes=10, batch_size=8,
@@ -197,12 +197,12 @@ def test_flops_can_be_switched_off_and_never_fail_a_trial(tmp_path, monkeypatch)
     off = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=1, warmup=0,
                                count_flops=False), "s", None)
     assert off["status"] == "ok" and off["flops_forward"] is None and off["mfu_measured"] is None
-    from workloads import utilization
+    from stepscope.workloads.measure import utilization
 
     def broken(*args, **kwargs):
         raise RuntimeError("no meta kernel and no cpu either")
 
-    monkeypatch.setattr("workloads.flops.count_step_flops", broken)
+    monkeypatch.setattr("stepscope.workloads.measure.flops.count_step_flops", broken)
     row = run_trial(make_trial(workload="mlp", depth=1, width=8, input_dim=8, iterations=1, warmup=0), "s", None)
     assert row["status"] == "ok" and row["flops_forward"] is None
     assert row["flops_error"] == "RuntimeError: no meta kernel and no cpu either"

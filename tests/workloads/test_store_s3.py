@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from workloads.store import Store, StoreError
+from stepscope.workloads.storage.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def test_missing_bucket_is_a_store_error(s3_server, s3_bucket):
 ROWS = 20_000
 WRITER = f"""
 import os, sys
-from workloads.store import Store
+from stepscope.workloads.storage.store import Store
 rows = [{{"sweep_id": "s", "trial_id": "t", "iteration": i, "is_warmup": False,
           "phase": os.urandom(1000).hex(), "phase_index": 0, "duration_ms": float(i),
           "host_ms": float(i), "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "alloc_retries": None}} for i in range({ROWS})]

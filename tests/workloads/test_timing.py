@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from workloads.timing import CpuPhaseTimer, CudaPhaseTimer, phase_ms
+from stepscope.workloads.measure.timing import CpuPhaseTimer, CudaPhaseTimer, phase_ms
 
 
 class FakeStream:

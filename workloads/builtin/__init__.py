@@ -1,6 +1,6 @@
-"""The built-in workloads: `mlp`, `resnet` and `gpt`.
+"""The built-in workloads, one folder each (`mlp/`, `resnet/`, `gpt/`).
 
-Each submodule exports `build(params) -> Workload` and imports torch, so this
-package imports none of them: `workloads.registry` declares their parameters and
-loads a module only when a trial builds it.
+A folder's `__init__.py` declares the workload (`INFO`, torch-free; see `base.py`)
+and its `model.py` builds it (imports torch). `stepscope.workloads.registry` finds
+every folder here; nothing else lists them.
 """

@@ -24,7 +24,8 @@ def cache_dir() -> str:
 
 
 def count(builder: Callable, params: Mapping[str, Any]) -> dict[str, Any]:
-    from workloads.flops import analytic_gpt_flops, count_step_flops
+    from stepscope.workloads.measure.flops import count_step_flops
+    from stepscope.workloads.registry import BUILTINS
 
     try:
         fc = count_step_flops(builder, dict(params))
@@ -35,15 +36,16 @@ def count(builder: Callable, params: Mapping[str, Any]) -> dict[str, Any]:
         "flops_backward": fc.backward,
         "flops_uncounted": ",".join(fc.uncounted) or None,
     }
-    if params["workload"] == "gpt":
-        work["flops_analytic"] = analytic_gpt_flops(params)
+    info = BUILTINS.get(params["workload"])
+    if info is not None and info.analytic_flops is not None:
+        work["flops_analytic"] = info.analytic_flops(params)
     return work
 
 
 def rates(torch: Any, device: Any, precision: str, work: Mapping[str, Any], wall_s: float | None,
           steps: int, facts: Mapping[str, Any]) -> dict[str, Any]:
     """Achieved TFLOP/s over the measured steps, and MFU against both peaks."""
-    from workloads import peaks
+    from stepscope.workloads.measure import peaks
 
     out: dict[str, Any] = {}
     if device.type == "cuda":
@@ -65,9 +67,9 @@ def rates(torch: Any, device: Any, precision: str, work: Mapping[str, Any], wall
 
 
 def _variant(facts: Mapping[str, Any]) -> str | None:
-    from workloads.identity import gpu_variant
+    from stepscope.workloads.measure.identity import gpu_variant
 
-    ident = facts.get("identity") or {}  # NVML's, read once by workloads.device.describe
+    ident = facts.get("identity") or {}  # NVML's, read once by stepscope.workloads.measure.device.describe
     if ident.get("gpu_variant"):
         return ident["gpu_variant"]
     name = facts.get("device_name")

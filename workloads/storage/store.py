@@ -6,7 +6,7 @@ target, which POSIX makes atomic. On an object store a single PUT is already
 atomic: the object is visible whole once the upload completes, never before.
 
 Within a trial the `steps` and `devices` files are written before the `trials` file; the
-`trials` row is the commit record (see `workloads.schema`).
+`trials` row is the commit record (see `stepscope.workloads.storage.schema`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workloads.schema import TABLES, check_rows
+from stepscope.workloads.storage.schema import TABLES, check_rows
 
 DEFAULT_STORE = "./stepscope-results"
 

@@ -2,7 +2,7 @@
 write the rows. Ray-free: `stepscope trial` calls it directly, Ray workers call it
 through the scheduler.
 
-A step is exactly the phases of `workloads.schema.PHASES`:
+A step is exactly the phases of `stepscope.workloads.storage.schema.PHASES`:
 data -> to_device -> forward -> loss -> backward -> optimizer (zero_grad included).
 Whatever goes wrong becomes the trial's status (`oom` or `failed`) and error
 text; the rows are written either way.
@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
 
-from workloads import device as devices
-from workloads import memory, utilization
-from workloads.api import Trial, Workload
-from workloads.registry import load_builder
-from workloads.schema import PHASES, SCHEMA_VERSION
-from workloads.store import Store
-from workloads.timing import make_timer, phase_ms
+from stepscope.workloads.api import Workload
+from stepscope.workloads.measure import device as devices
+from stepscope.workloads.measure import memory, utilization
+from stepscope.workloads.measure.timing import make_timer, phase_ms
+from stepscope.workloads.registry import load_builder
+from stepscope.workloads.storage.schema import PHASES, SCHEMA_VERSION
+from stepscope.workloads.storage.store import Store
+from stepscope.workloads.trial import Trial
 
 N_PHASES = len(PHASES)
 MEMORY_COLUMNS = (

@@ -31,7 +31,7 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
-from workloads.identity import GpuModel, gpu_variant
+from stepscope.workloads.measure.identity import GpuModel, gpu_variant
 
 
 class PeakError(ValueError):
@@ -283,7 +283,7 @@ def _device_identity(torch: Any, dev: Any) -> tuple[str, str | None]:
         props = torch.cuda.get_device_properties(index)
         uuid = getattr(props, "uuid", None)
         return str(props.name), (str(uuid) if uuid is not None else None)
-    from workloads.device import cpu_model
+    from stepscope.workloads.measure.device import cpu_model
 
     return cpu_model(), None
 

@@ -1,7 +1,7 @@
 """The Parquet schema of a stepscope store: one module owns it.
 
 Table names, columns, types and the schema version live here and nowhere else.
-The writer (`workloads.store`) and the DuckDB views (`analysis.warehouse` +
+The writer (`stepscope.workloads.storage.store`) and the DuckDB views (`stepscope.analysis.warehouse` +
 `queries/views.sql`) both read it. Torch-free and Ray-free.
 
 Layout of a store (hive-style partitions by table and sweep)::
@@ -93,19 +93,19 @@ TRIALS = pa.schema(
         pa.field("measured_wall_s", pa.float64()),  # host wall time of the measured loop
         pa.field("samples_per_s", pa.float64()),
         pa.field("final_loss", pa.float64()),
-        # Work and utilisation, counted in a separate untimed pass (workloads.flops).
+        # Work and utilisation, counted in a separate untimed pass (stepscope.workloads.measure.flops).
         pa.field("flops_forward", pa.int64()),  # forward + loss, one step, whole batch
         pa.field("flops_backward", pa.int64()),
         pa.field("flops_analytic", pa.int64()),  # gpt: (6N + 12·L·d·T) per token
         pa.field("flops_uncounted", pa.string()),  # operators the counter had no formula for
         pa.field("flops_error", pa.string()),  # why nothing was counted, when nothing was
         pa.field("achieved_tflops", pa.float64()),  # (forward + backward) / mean measured step
-        pa.field("gpu_variant", pa.string()),  # exact board, e.g. H100-SXM-80GB (workloads.identity)
+        pa.field("gpu_variant", pa.string()),  # exact board, e.g. H100-SXM-80GB (stepscope.workloads.measure.identity)
         pa.field("peak_tflops_datasheet", pa.float64()),  # dense, for gpu_variant and precision
         pa.field("peak_tflops_measured", pa.float64()),  # matmul peak measured on this node
         pa.field("mfu_datasheet", pa.float64()),
         pa.field("mfu_measured", pa.float64()),
-        # Memory, measured from the tensors (workloads.memory).
+        # Memory, measured from the tensors (stepscope.workloads.measure.memory).
         pa.field("param_bytes", pa.int64()),
         pa.field("grad_bytes", pa.int64()),
         pa.field("optimizer_state_bytes", pa.int64()),  # per-parameter state; scalar counters aside
@@ -148,7 +148,7 @@ DEVICES = pa.schema(
         pa.field("observed_at", _TS, nullable=False),
         pa.field("device_kind", pa.string(), nullable=False),  # cuda | cpu
         pa.field("device_name", pa.string()),  # NVML's name on a GPU, the CPU model on a CPU
-        pa.field("gpu_variant", pa.string()),  # e.g. H100-SXM-80GB (workloads.identity)
+        pa.field("gpu_variant", pa.string()),  # e.g. H100-SXM-80GB (stepscope.workloads.measure.identity)
         pa.field("device_memory_bytes", pa.int64()),
         pa.field("sm_count", pa.int32()),
         pa.field("compute_capability", pa.string()),

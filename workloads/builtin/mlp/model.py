@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workloads import Workload
+from stepscope import Workload
 
 POOL_SIZE = 4  # distinct batches cycled through; enough that no step reuses the last one's
 

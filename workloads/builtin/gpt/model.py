@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workloads import Workload
+from stepscope import Workload
 
 POOL_SIZE = 4
 

@@ -1,7 +1,7 @@
 """Which device a trial runs on, and the facts about it that go into `trials`.
 
 CUDA facts come from torch; the driver version, the exact name, clocks, power
-limit, ECC and MIG modes from NVML (`workloads.identity`) when `pynvml`
+limit, ECC and MIG modes from NVML (`stepscope.workloads.measure.identity`) when `pynvml`
 (nvidia-ml-py) and a driver are present. `device_row` makes the `devices` row. NVML numbers devices
 physically, while torch numbers them after CUDA_VISIBLE_DEVICES (Ray sets it),
 so the two are matched by UUID, never by index.
@@ -95,14 +95,14 @@ def _torch_uuid(props: Any) -> str | None:
 
 
 def nvml_facts(uuid: str | None, nvml: Any | None = None) -> dict[str, Any]:
-    """NVML's identity of the device with this UUID (`workloads.identity.nvml_identity`,
+    """NVML's identity of the device with this UUID (`stepscope.workloads.measure.identity.nvml_identity`,
     under "identity"), and the driver version, name and memory it gives the trial row.
 
     Returns {} when NVML is not installed or not usable (no driver, a container
     without the management library) or does not know the UUID: those facts are
     then simply null.
     """
-    from workloads.identity import identity_by_uuid
+    from stepscope.workloads.measure.identity import identity_by_uuid
 
     if not uuid:
         return {}

@@ -19,8 +19,8 @@ reported (PaLM appendix B, nanoGPT `estimate_mfu`):
   a causal kernel that skips the masked half does about half that work;
 - the optimizer step is not counted.
 
-`analytic_gpt_flops` is the closed-form estimate for the gpt workload, to check
-the count against.
+A built-in may declare a closed-form count to check this one against
+(`BuiltinInfo.analytic_flops`; gpt's is in `stepscope.workloads.builtin.gpt`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from workloads.api import Workload
+from stepscope.workloads.api import Workload
 
 DEVICES = ("meta", "cpu")  # tried in this order
 
@@ -136,29 +136,6 @@ def count_step_flops(build: Callable[[dict], Workload], params: Mapping[str, Any
             raise FlopCountError(
                 f"could not count FLOPs: on meta {reason}; on cpu {_describe(exc)}"
             ) from exc
-
-
-def analytic_gpt_flops(params: Mapping[str, Any]) -> int:
-    """Training FLOPs of one gpt step by the PaLM formula: (6N + 12·L·d·T) per
-    token, times batch_size·seq_len tokens.
-
-    6N is a forward (2N) and a backward (4N) through every weight; 12·L·d·T is
-    the two attention matmuls (QKᵀ and AV, 2·T·d each per layer, forward) times
-    3 for the backward, over the full T x T scores (no causal saving).
-
-    N is nanoGPT's `get_num_params(non_embedding=True)`, the N its `estimate_mfu`
-    uses: every parameter but the position embedding. The token embedding IS in
-    N, counted once: it is tied to the lm_head, whose d x vocab matmul is real
-    work (39M of GPT-2 small's 124M parameters; leaving it out, as "non-embedding"
-    N does for untied models, would undercount by ~30%). Biases and LayerNorm
-    weights are in N too (nanoGPT keeps them; they are 0.1% of it), so this sits
-    just above the counted figure, which has no FLOPs for them.
-    """
-    layers, d, seq = params["n_layer"], params["d_model"], params["seq_len"]
-    per_block = 12 * d * d + 13 * d  # qkv, proj, 4x MLP weights and biases; 2 LayerNorms
-    n = params["vocab_size"] * d + layers * per_block + 2 * d  # tied embedding, blocks, ln_f
-    tokens = params["batch_size"] * seq
-    return (6 * n + 12 * layers * d * seq) * tokens
 
 
 def _count(build, params, device: str, fallback_reason: str | None = None) -> FlopCount:

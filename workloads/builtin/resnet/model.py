@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from workloads import Workload
+from stepscope import Workload
 
 MAX_POOL_SIZE = 4
 POOL_BYTES = 256 * 2**20  # large images at large batches would otherwise hold GBs of pool
