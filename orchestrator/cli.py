@@ -1,7 +1,7 @@
 """The `stepscope` command: a thin Click layer over the library.
 
-Library code raises domain errors (SpecError, StoreError, QueryError,
-SchedulerError); they become one `Error: ...` line and exit code 2 here, once.
+Library code raises subclasses of `stepscope.errors.StepscopeError` (SpecError, StoreError,
+QueryError, SchedulerError, ...); they become one `Error: ...` line and exit code 2 here, once.
 Ray and torch are imported only by the commands that need them.
 """
 
@@ -14,10 +14,12 @@ import traceback
 
 import click
 
+from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator.output import output_options, render
 from stepscope.orchestrator.spec import SpecError, SweepSpec, load_spec
-from stepscope.workloads.params import COMMON_PARAMS, ParamError
+from stepscope.workloads.params import COMMON_PARAMS
 from stepscope.workloads.registry import BUILTINS, find_custom_module, is_custom
+from stepscope.workloads.storage.schema import TrialStatus
 from stepscope.workloads.storage.store import Store, StoreError, resolve_store
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -31,7 +33,8 @@ store_option = click.option(
 
 
 class _Group(click.Group):
-    """Turns domain errors into one line and an exit code; tracebacks only with --debug."""
+    """Turns the user's errors (`StepscopeError`) into one line and exit code 2; anything
+    else is a bug, reported as one line with exit code 1. Tracebacks only with --debug."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -39,31 +42,13 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # the one boundary where errors become messages
-            debug = (ctx.obj or {}).get("debug")
-            if debug:
+            if (ctx.obj or {}).get("debug"):
                 traceback.print_exc()
-            if isinstance(exc, _domain_errors()):
-                # One line: DuckDB's messages carry a caret diagram below the first line.
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), str(exc))
-                click.echo(f"Error: {first}", err=True)
+            if isinstance(exc, StepscopeError):
+                click.echo(f"Error: {one_line(exc, with_type=False)}", err=True)
                 ctx.exit(EXIT_USAGE)
-            click.echo(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+            click.echo(f"Error: unexpected {one_line(exc)} (rerun with --debug for a traceback)", err=True)
             ctx.exit(EXIT_TRIALS_FAILED)
-
-
-def _domain_errors() -> tuple[type[Exception], ...]:
-    """The errors that are the user's to fix. Those of modules that need DuckDB or Ray
-    count only where those are installed: `stepscope trial` runs without either."""
-    import importlib
-
-    errors: list[type[Exception]] = [SpecError, StoreError, ParamError]
-    for module, name in (("stepscope.analysis.queries", "QueryError"), ("stepscope.orchestrator.jobs", "JobError"),
-                         ("stepscope.orchestrator.scheduler", "SchedulerError")):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except ImportError:
-            pass
-    return tuple(errors)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -252,7 +237,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
 
 
 def _summary(outcome, st: Store) -> None:
-    statuses = ("ok", "oom", "failed", "timeout")
+    statuses = tuple(TrialStatus)
     counts = ", ".join(f"{outcome.count(s)} {s}" for s in statuses if outcome.count(s))
     ran = len(outcome.outcomes)
     skipped = f"; {outcome.skipped} already stored" if outcome.skipped else ""
@@ -262,7 +247,7 @@ def _summary(outcome, st: Store) -> None:
         per = ", ".join(f"{outcome.count(s, gpu)} {s}" for s in statuses if outcome.count(s, gpu))
         click.echo(f"  {gpu}: {per}")
     for o in outcome.outcomes:
-        if o.status not in ("ok", "oom"):
+        if not o.status.is_result:
             click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")
     where = f" --store {st.location}" if st.location != resolve_store(None) else ""
     click.echo(f"results in {st.location}; try: stepscope query phase_shares{where}")
@@ -397,7 +382,7 @@ def _job_call(fn, job_id: str):
         text = str(exc)
         if "does not exist" in text or "404" in text:
             raise JobError(f"no job {job_id!r} on this cluster") from None
-        raise JobError(text.splitlines()[0]) from None
+        raise JobError(one_line(exc, with_type=False)) from None
 
 
 # ---------------------------------------------------------------- trial
@@ -443,7 +428,7 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
         click.echo(f"ok: {row['samples_per_s']:,.1f} samples/s on {row['device_name']} ({row['device_kind']})")
     else:
         click.echo(f"{row['status']}: {row['error']}")
-    sys.exit(EXIT_OK if row["status"] in ("ok", "oom") else EXIT_TRIALS_FAILED)
+    sys.exit(EXIT_OK if TrialStatus(row["status"]).is_result else EXIT_TRIALS_FAILED)
 
 
 # ---------------------------------------------------------------- workloads

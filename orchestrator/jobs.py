@@ -9,7 +9,6 @@ inherit the working directory, so every worker can import those modules.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import shutil
@@ -17,12 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator.spec import SpecError, SweepSpec
-from stepscope.workloads.registry import is_custom
+from stepscope.workloads.registry import is_custom, locate_module
 from stepscope.workloads.storage.store import Store, StoreError, is_uri
 
 
-class JobError(RuntimeError):
+class JobError(StepscopeError, RuntimeError):
     """The job server cannot be reached or refuses the request."""
 
 
@@ -46,7 +46,7 @@ def client(address: str | None):
     try:
         return JobSubmissionClient(where)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise JobError(f"--address: cannot reach the Ray job server at {where}: {str(exc).splitlines()[0]}") from None
+        raise JobError(f"--address: cannot reach the Ray job server at {where}: {one_line(exc, with_type=False)}") from None
 
 
 def check_job_store(location: str) -> None:
@@ -60,27 +60,15 @@ def check_job_store(location: str) -> None:
 
 
 def module_files(spec: SweepSpec, names: list[str], paths: list[str]) -> list[str]:
-    """The file or package directory of each custom workload's top-level module."""
+    """The file or package directory of each custom workload's top-level module
+    (`stepscope.workloads.registry.locate_module`), to ship with the job."""
     found = []
     for name in names:
-        top = name.partition(":")[0].split(".")[0]
-        spec_obj = None
-        for base in paths:
-            candidate_pkg = os.path.join(base, top)
-            candidate_mod = os.path.join(base, f"{top}.py")
-            if os.path.isfile(os.path.join(candidate_pkg, "__init__.py")):
-                spec_obj = candidate_pkg
-                break
-            if os.path.isfile(candidate_mod):
-                spec_obj = candidate_mod
-                break
-        if spec_obj is None:
-            module = importlib.util.find_spec(top)
-            origin = getattr(module, "origin", None) if module else None
-            if not origin or origin in ("built-in", "frozen"):
-                raise SpecError(spec.source, "workload", f"cannot find module {top!r} to send with the job")
-            spec_obj = os.path.dirname(origin) if os.path.basename(origin) == "__init__.py" else origin
-        found.append(spec_obj)
+        where = locate_module(name, paths)
+        if where is None:
+            top = name.partition(":")[0].split(".")[0]
+            raise SpecError(spec.source, "workload", f"cannot find module {top!r} to send with the job")
+        found.append(where)
     return sorted(set(found))
 
 
@@ -119,4 +107,4 @@ def submit(
                 metadata={"stepscope_sweep": spec.name},
             )
         except (RuntimeError, ConnectionError, ValueError) as exc:
-            raise JobError(f"the job server refused the job: {str(exc).splitlines()[0]}") from None
+            raise JobError(f"the job server refused the job: {one_line(exc, with_type=False)}") from None

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from dataclasses import dataclass
 
 from stepscope.orchestrator.spec import SweepSpec
 from stepscope.workloads.storage.schema import RESULT_STATUSES
 from stepscope.workloads.storage.store import Store
+
+
+def new_sweep_id(spec: SweepSpec) -> str:
+    """`<name>-<UTC yyyymmdd-HHMMSS>-<4 hex digits>`: sorts by time, unique across drivers."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{spec.name}-{stamp}-{os.urandom(2).hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +27,6 @@ class ChosenSweep:
 def pick_sweep(store: Store, spec: SweepSpec, *, sweep_id: str | None, resume: bool) -> ChosenSweep:
     """`--sweep-id` wins; `--resume` continues the latest sweep of the same spec
     (same name and meaning) in the store; otherwise a new sweep."""
-    from stepscope.orchestrator.scheduler import new_sweep_id
-
     # Read with pyarrow, not DuckDB: `stepscope trial` runs on GPU images without it.
     sweeps = store.read_rows("sweeps", ["sweep_id", "name", "spec_hash", "created_at"])
     if sweep_id is None and resume:

@@ -36,11 +36,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator import cluster, forkserver
 from stepscope.orchestrator.spec import SweepSpec
-from stepscope.workloads.measure.runner import failed_row, run_trial, version
+from stepscope.workloads.measure.rows import version
+from stepscope.workloads.measure.runner import failed_row, run_trial
 from stepscope.workloads.registry import BUILTINS
-from stepscope.workloads.storage.schema import RESULT_STATUSES, SCHEMA_VERSION
+from stepscope.workloads.storage.schema import SCHEMA_VERSION, TrialStatus
 from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
@@ -52,14 +54,14 @@ PRELOAD = ("torch", "torch._dynamo", "stepscope.workloads.measure.runner", *(w.m
 NODE_REFRESH_S = 5.0  # how often the driver re-reads which nodes are alive
 
 
-class SchedulerError(RuntimeError):
+class SchedulerError(StepscopeError, RuntimeError):
     """The sweep cannot start (cluster unreachable, GPU types or storage missing)."""
 
 
 @dataclass(frozen=True, slots=True)
 class TrialOutcome:
     trial: Trial
-    status: str
+    status: TrialStatus
     error: str | None
     samples_per_s: float | None
     seconds: float
@@ -74,12 +76,12 @@ class SweepOutcome:
     outcomes: list[TrialOutcome] = field(default_factory=list)
     interrupted: bool = False
 
-    def count(self, status: str, gpu: str | None | bool = False) -> int:
+    def count(self, status: TrialStatus | str, gpu: str | None | bool = False) -> int:
         return sum(o.status == status and (gpu is False or o.trial.gpu == gpu) for o in self.outcomes)
 
     @property
     def all_results(self) -> bool:
-        return all(o.status in RESULT_STATUSES for o in self.outcomes) and not self.interrupted
+        return all(o.status.is_result for o in self.outcomes) and not self.interrupted
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +108,6 @@ class Progress:
     def retrying(self, trial: Trial, attempt: int, reason: str) -> None: ...
 
     def finished(self) -> None: ...
-
-
-def new_sweep_id(spec: SweepSpec) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{spec.name}-{stamp}-{os.urandom(2).hex()}"
 
 
 def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None) -> dict:
@@ -164,7 +161,7 @@ class Session:
                 "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
                 "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)"
             )
-            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {_first_line(exc)}{hint}") from None
+            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {one_line(exc)}{hint}") from None
         self.started_here = True
         return self
 
@@ -472,7 +469,7 @@ class _Driver:
         what = f"GPU type {gpu}" if gpu else ("a GPU" if self.use_gpus else f"{int(self.cpus_per_trial)} CPUs")
         while queue:
             trial, attempt = queue.popleft()
-            self.finish(trial, attempt, "failed", f"no alive node has {what} any more", None, 0.0, write=True)
+            self.finish(trial, attempt, TrialStatus.FAILED, f"no alive node has {what} any more", None, 0.0, write=True)
 
     def collect(self, ref) -> None:
         run = self.running.pop(ref)
@@ -497,7 +494,7 @@ class _Driver:
         child = getattr(exc, "cause", exc)  # Ray wraps what a task raised in a RayTaskError
         child_died = isinstance(child, forkserver.ChildDied)
         if not (oom or child_died or isinstance(exc, died)):
-            self.finish(trial, attempt, "failed", _first_line(exc), None, took, write=True)
+            self.finish(trial, attempt, TrialStatus.FAILED, one_line(exc), None, took, write=True)
             return
         # Ray's memory monitor may have killed this worker for a neighbour's sake: retry that too.
         # A trial's own process that died (isolation: process) is handled like a dead worker.
@@ -511,12 +508,13 @@ class _Driver:
             self.queues.setdefault(trial.gpu, deque()).appendleft((trial, attempt + 1))
             self.refresh_nodes(force=True)
             return
-        self.finish(trial, attempt, "oom" if oom else "failed", f"{reason} ({attempt} attempts)", None, took, write=True)
+        status = TrialStatus.OOM if oom else TrialStatus.FAILED
+        self.finish(trial, attempt, status, f"{reason} ({attempt} attempts)", None, took, write=True)
 
-    def ended_reason(self, run: _Running) -> tuple[str, str]:
+    def ended_reason(self, run: _Running) -> tuple[TrialStatus, str]:
         if run.ended_by == "timeout":
-            return "timeout", f"timed out after {self.trial_timeout:g}s (--trial-timeout)"
-        return "failed", f"no alive node has GPU type {run.trial.gpu} any more"
+            return TrialStatus.TIMEOUT, f"timed out after {self.trial_timeout:g}s (--trial-timeout)"
+        return TrialStatus.FAILED, f"no alive node has GPU type {run.trial.gpu} any more"
 
     def cancel(self, ref, run: _Running, why: str) -> None:
         """Kill the trial's worker (nothing partial is written); its row is written when
@@ -546,7 +544,7 @@ class _Driver:
         if write:  # the worker never wrote a row: the driver does
             row = failed_row(trial, self.sweep_id, error, attempt, status=status)
             self.store.write_trial(self.sweep_id, trial.trial_id, row, [])
-        done = TrialOutcome(trial, status, error, sps, took, attempt)
+        done = TrialOutcome(trial, TrialStatus(status), error, sps, took, attempt)
         self.outcome.outcomes.append(done)
         self.progress.trial_done(done, self.snapshot())
 
@@ -560,11 +558,5 @@ class _Driver:
         elapsed = time.monotonic() - self.t0
         remaining = self.outcome.total - done
         eta = elapsed / ran * remaining if ran else None
-        failures = sum(o.status not in RESULT_STATUSES for o in self.outcome.outcomes)
+        failures = sum(not o.status.is_result for o in self.outcome.outcomes)
         return Snapshot(done, self.outcome.total, running, failures, elapsed, eta)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[-1] if lines else text}"[:2000]

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from stepscope.errors import StepscopeError
 from stepscope.workloads.params import ParamError
 from stepscope.workloads.registry import resolve_params
 
@@ -27,7 +28,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _GPU_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
-class SpecError(ValueError):
+class SpecError(StepscopeError, ValueError):
     """A sweep spec is invalid. str() is the one line the user sees."""
 
     def __init__(self, source: str, key: str, message: str) -> None:
@@ -209,7 +210,7 @@ class _Validator:
 
     def isolation(self, value: Any) -> str:
         if value not in ISOLATIONS:
-            raise self.fail("isolation", f"{value!r}: use `process` (a fresh worker per trial) or `reuse`")
+            raise self.fail("isolation", f"{value!r}: use `process` (a fresh process per trial) or `reuse` (trials share their Ray worker)")
         return value
 
     def scalar(self, field: str, value: Any) -> None:

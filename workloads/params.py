@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from stepscope.errors import StepscopeError
 
-class ParamError(ValueError):
+
+class ParamError(StepscopeError, ValueError):
     """A parameter value is wrong. `key` names it; the message says how to fix it."""
 
     def __init__(self, key: str, message: str) -> None:
@@ -92,7 +94,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cuda", "cpu")
 
-#: Parameters every trial has, whatever its workload (CONTRACT.md).
+#: Parameters every trial has, whatever its workload (the README's "A sweep spec").
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("workload", str, None, "a built-in name, or module:function for a custom one"),
     Param("batch_size", int, 32, "samples per step", minimum=1),

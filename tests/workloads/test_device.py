@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from stepscope.workloads.measure import device as devices
+from stepscope.workloads.measure import rows
+from stepscope.workloads.measure.identity import identity_by_uuid
 
 
 class NVMLError(Exception):
@@ -78,32 +80,32 @@ def test_cuda_facts_match_nvml_by_uuid(uuid, name, as_bytes):
     t = fake_torch(uuid)
     nvml = FakeNVML(GPUS, as_bytes=as_bytes)
     facts = devices.describe(t, SimpleNamespace(type="cuda", index=0), nvml=nvml)
-    assert facts["device_uuid"] == uuid
-    assert facts["device_name"] == name  # NVML's exact name tells SXM from PCIe
-    assert facts["driver_version"] == "550.54.15"
-    assert facts["sm_count"] == 132 and facts["compute_capability"] == "9.0"
-    assert facts["device_memory_bytes"] == 85520809984
-    assert facts["cuda_version"] == "12.4" and facts["cudnn_version"] == "90100"
+    assert facts.device_uuid == uuid
+    assert facts.device_name == name  # NVML's exact name tells SXM from PCIe
+    assert facts.driver_version == "550.54.15"
+    assert facts.sm_count == 132 and facts.compute_capability == "9.0"
+    assert facts.device_memory_bytes == 85520809984
+    assert facts.cuda_version == "12.4" and facts.cudnn_version == "90100"
     assert nvml.initialised == 0  # every init is shut down
 
 
 def test_without_nvml_cuda_facts_come_from_torch_alone():
     t = fake_torch(H100_SXM, name="NVIDIA H100 80GB HBM3")
     facts = devices.describe(t, SimpleNamespace(type="cuda", index=0), nvml=FakeNVML({}, init_fails=True))
-    assert facts["device_name"] == "NVIDIA H100 80GB HBM3" and facts["driver_version"] is None
+    assert facts.device_name == "NVIDIA H100 80GB HBM3" and facts.driver_version is None
 
 
 def test_unknown_uuid_keeps_torch_facts():
-    facts = devices.nvml_facts("GPU-unknown", FakeNVML(GPUS))
-    assert facts == {}
+    facts = identity_by_uuid("GPU-unknown", FakeNVML(GPUS))
+    assert facts is None
 
 
 def test_cpu_facts_on_this_machine():
     facts = devices.describe(torch, torch.device("cpu"))
-    assert facts["device_kind"] == "cpu" and facts["device_name"]
-    assert facts["device_uuid"] == devices.cpu_uuid(facts["host"]) and facts["sm_count"] is None
-    assert facts["cpu_model"] == facts["device_name"] and facts["host_memory_bytes"] > 2**20
-    assert facts["torch_version"] == torch.__version__ and facts["cpu_count"] >= 1
+    assert facts.device_kind == "cpu" and facts.device_name
+    assert facts.device_uuid == devices.cpu_uuid(facts.host) and facts.sm_count is None
+    assert facts.cpu_model == facts.device_name and facts.host_memory_bytes > 2**20
+    assert facts.torch_version == torch.__version__ and facts.cpu_count >= 1
 
 
 def test_pick_device():
@@ -117,7 +119,7 @@ def test_pick_device():
 def test_real_nvml_without_a_driver_gives_no_facts():
     if torch.cuda.is_available():
         pytest.skip("a driver is present")
-    assert devices.nvml_facts(H100_SXM) == {}  # the real pynvml: nvmlInit fails, nothing raises
+    assert identity_by_uuid(H100_SXM) is None  # the real pynvml: nvmlInit fails, nothing raises
 
 
 def test_a_mig_instance_is_found_under_its_mig_uuid():
@@ -125,20 +127,20 @@ def test_a_mig_instance_is_found_under_its_mig_uuid():
     t = fake_torch("GPU-" + mig.removeprefix("MIG-"))  # torch gives the MIG instance's UUID bare
     nvml = FakeNVML({mig: {"name": "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "memory": 10 * 2**30}})
     facts = devices.describe(t, SimpleNamespace(type="cuda", index=0), nvml=nvml)
-    assert facts["device_uuid"] == mig and facts["device_name"].endswith("MIG 1g.10gb")
-    assert facts["identity"]["gpu_variant"] == "H100-SXM-80GB"  # the parent board
+    assert facts.device_uuid == mig and facts.device_name.endswith("MIG 1g.10gb")
+    assert facts.identity.gpu_variant == "H100-SXM-80GB"  # the parent board
 
 
 def test_a_device_without_a_uuid_still_gets_one_key_for_trials_and_devices():
     t = fake_torch("GPU-x")
     t.cuda.get_device_properties(0).uuid = None
     facts = devices.describe(t, SimpleNamespace(type="cuda", index=0), nvml=FakeNVML({}))
-    row = devices.device_row(facts, sweep_id="s", trial_id="t", node_id=None, observed_at=None)
-    assert facts["device_uuid"] == row["device_uuid"] == f"GPU-unknown-{facts['host']}-0"
+    row = rows.device_row(facts, sweep_id="s", trial_id="t", node_id=None, observed_at=None)
+    assert facts.device_uuid == row["device_uuid"] == f"GPU-unknown-{facts.host}-0"
 
 
 @pytest.mark.gpu
 def test_real_cuda_device_is_described():
     facts = devices.describe(torch, torch.device("cuda", 0))
-    assert facts["device_uuid"].startswith(("GPU-", "MIG-"))
-    assert facts["driver_version"] and facts["sm_count"] > 0
+    assert facts.device_uuid.startswith(("GPU-", "MIG-"))
+    assert facts.driver_version and facts.sm_count > 0

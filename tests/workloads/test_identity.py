@@ -10,6 +10,7 @@ differ from pynvml's values, so code that hard-codes NVML_CLOCK_SM = 1 fails.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -239,7 +240,7 @@ def test_gpu_model_is_validated_and_frozen():
 def test_identity_of_an_h100(as_bytes):
     nvml = FakeNVML(GPUS, as_bytes=as_bytes)
     facts = nvml_identity(H100, nvml)
-    assert facts == {
+    assert dataclasses.asdict(facts) == {
         "device_name": "NVIDIA H100 80GB HBM3",
         "device_uuid": H100,
         "device_memory_bytes": 81559 * MIB,
@@ -269,17 +270,17 @@ def test_unsupported_queries_give_none_with_the_reason():
     facts = nvml_identity(L4, nvml)
     for key in ("mig_enabled", "mig_pending", "ecc_enabled", "ecc_pending", "sm_clock_max_mhz",
                 "mem_clock_max_mhz", "cuda_driver_version", "pci_bus_id"):
-        assert facts[key] is None
-        assert facts["nvml_unavailable"][key] == "Not Supported"
-    assert facts["sm_clock_mhz"] == 2040 and facts["gpu_variant"] == "L4-24GB"
+        assert getattr(facts, key) is None
+        assert facts.nvml_unavailable[key] == "Not Supported"
+    assert facts.sm_clock_mhz == 2040 and facts.gpu_variant == "L4-24GB"
 
 
 def test_power_limit_falls_back_to_the_enforced_limit():
     nvml = FakeNVML(GPUS, unsupported={"nvmlDeviceGetPowerManagementLimit"})
     facts = nvml_identity(H100, nvml)
-    assert facts["power_limit_w"] == 700.0 and "power_limit_w" not in facts["nvml_unavailable"]
+    assert facts.power_limit_w == 700.0 and "power_limit_w" not in facts.nvml_unavailable
     nvml = FakeNVML(GPUS, unsupported={"nvmlDeviceGetPowerManagementLimit", "nvmlDeviceGetEnforcedPowerLimit"})
-    assert nvml_identity(H100, nvml)["power_limit_w"] is None
+    assert nvml_identity(H100, nvml).power_limit_w is None
 
 
 def test_a_binding_without_a_function_gives_none():
@@ -287,15 +288,15 @@ def test_a_binding_without_a_function_gives_none():
         nvmlSystemGetCudaDriverVersion = property()  # absent: AttributeError on access
 
     facts = nvml_identity(H100, OldBinding(GPUS))
-    assert facts["cuda_driver_version"] is None and "cuda_driver_version" in facts["nvml_unavailable"]
+    assert facts.cuda_driver_version is None and "cuda_driver_version" in facts.nvml_unavailable
 
 
 def test_identity_by_uuid_initialises_and_shuts_down():
     nvml = FakeNVML(GPUS)
-    assert identity_by_uuid(H100, nvml)["gpu_variant"] == "H100-SXM-80GB"
-    assert identity_by_uuid("GPU-unknown", nvml) == {}
+    assert identity_by_uuid(H100, nvml).gpu_variant == "H100-SXM-80GB"
+    assert identity_by_uuid("GPU-unknown", nvml) is None
     assert nvml.initialised == 0
-    assert identity_by_uuid(H100, FakeNVML(GPUS, init_fails=True)) == {}
+    assert identity_by_uuid(H100, FakeNVML(GPUS, init_fails=True)) is None
 
 
 def test_importing_identity_does_not_import_torch():

@@ -35,7 +35,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from stepscope.errors import one_line
 from stepscope.workloads.api import Workload
+from stepscope.workloads.measure.batch import call_model, to_device
 
 DEVICES = ("meta", "cpu")  # tried in this order
 
@@ -129,12 +131,12 @@ def count_step_flops(build: Callable[[dict], Workload], params: Mapping[str, Any
         try:
             return _count(build, params, "meta")
         except Exception as exc:  # any failure on meta is a reason to try the CPU
-            reason = _describe(exc)
+            reason = one_line(exc, limit=500)
         try:
             return _count(build, params, "cpu", fallback_reason=reason)
         except Exception as exc:
             raise FlopCountError(
-                f"could not count FLOPs: on meta {reason}; on cpu {_describe(exc)}"
+                f"could not count FLOPs: on meta {reason}; on cpu {one_line(exc, limit=500)}"
             ) from exc
 
 
@@ -143,13 +145,13 @@ def _count(build, params, device: str, fallback_reason: str | None = None) -> Fl
         work = build(dict(params))
     model = work.model.to(device)  # a builder may have made some parts on the CPU
     model.train()  # as the runner does: train-mode batch norm, dropout
-    inputs, targets = (_to(x, device) for x in work.make_batch())
+    inputs, targets = (to_device(x, device) for x in work.make_batch())
     recorder = _OpRecorder()
     # The recorder is entered first, so it sits under the counter: it sees the ops
     # the counter lets run, after the counter has decomposed what it could.
     with sdpa_kernel(SDPBackend.MATH), recorder:
         with FlopCounterMode(display=False) as forward:
-            loss = work.loss_fn(_call(model, inputs), targets)
+            loss = work.loss_fn(call_model(model, inputs), targets)
         with FlopCounterMode(display=False) as backward:
             loss.backward()
     fwd = forward.get_total_flops()
@@ -203,28 +205,3 @@ def _global_state_preserved() -> Iterator[None]:
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda), torch.enable_grad():
         yield
-
-
-def _to(x: Any, device: str) -> Any:
-    """A batch (a tensor, or a tuple/list/dict of them) on `device`, as the runner moves it."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
-
-
-def _call(model: Any, inputs: Any) -> Any:
-    """Call the model the way the runner does: a dict as keywords, a tuple or list as arguments."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]

@@ -23,6 +23,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepscope.workloads.measure.nvml import device_handle
+from stepscope.workloads.measure.records import NvmlIdentity
+
 FORM_FACTORS = ("SXM", "PCIe", "NVL")
 
 # How the form factor was decided, strongest first.
@@ -193,11 +196,12 @@ def _ambiguous_form(family: str, memory_gb: int | None, power_w: float | None) -
     return None, "default"
 
 
-def nvml_identity(handle: Any, nvml: Any) -> dict[str, Any]:
+def nvml_identity(handle: Any, nvml: Any) -> NvmlIdentity:
     """Everything NVML says about one device, each field None where NVML cannot say.
 
     `nvml` is the initialised `pynvml` module (or a stand-in with its API);
-    constants such as NVML_CLOCK_SM are read from it, never assumed. Keys:
+    constants such as NVML_CLOCK_SM are read from it, never assumed. Fields of the
+    `NvmlIdentity` it returns:
 
     - device_name, device_uuid, device_memory_bytes, pci_bus_id
     - sm_clock_mhz, mem_clock_mhz: current clocks (nvmlDeviceGetClockInfo)
@@ -254,37 +258,18 @@ def nvml_identity(handle: Any, nvml: Any) -> dict[str, Any]:
 
     name = out["device_name"]
     out["gpu_variant"] = gpu_variant(name, out["device_memory_bytes"], out["power_limit_w"]).label if name else None
-    out["nvml_unavailable"] = missing
-    return out
+    return NvmlIdentity(**out, nvml_unavailable=missing)
 
 
-def identity_by_uuid(uuid: str, nvml: Any | None = None) -> dict[str, Any]:
+def identity_by_uuid(uuid: str, nvml: Any | None = None) -> NvmlIdentity | None:
     """`nvml_identity` for the device with this UUID, initialising NVML around it.
 
-    Returns {} where NVML is not installed, has no driver, or does not know the
+    Returns None where NVML is not installed, has no driver, or does not know the
     UUID (torch numbers devices after CUDA_VISIBLE_DEVICES, NVML physically, so
-    the UUID is the only safe join; see workloads/device.py).
+    the UUID is the only safe join; see `stepscope.workloads.measure.nvml`).
     """
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
-            return {}
-    try:
-        nvml.nvmlInit()
-    except Exception:  # no driver or no libnvidia-ml: no facts, not an error
-        return {}
-    try:
-        handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
-    except Exception:  # unknown UUID
-        return {}
-    else:
-        return nvml_identity(handle, nvml)
-    finally:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            pass
+    with device_handle(uuid, nvml) as found:
+        return nvml_identity(found[1], found[0]) if found else None
 
 
 def _opt_text(value: Any) -> str | None:

@@ -20,6 +20,8 @@ import resource
 import sys
 from typing import Any
 
+from stepscope.workloads.measure.nvml import device_handle
+
 
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -161,19 +163,10 @@ def nvml_used_bytes(uuid: str | None, pid: int | None = None, nvml: Any | None =
     per-process use) the fallback is the whole device's used memory, scope
     "device". (None, None) without NVML, a driver, or a UUID.
     """
-    if not uuid:
-        return None, None
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
+    with device_handle(uuid, nvml) as found:
+        if found is None:
             return None, None
-    try:
-        nvml.nvmlInit()
-    except Exception:  # no driver or no libnvidia-ml
-        return None, None
-    try:
-        handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+        nvml, handle = found
         pid = os.getpid() if pid is None else pid
         try:
             for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
@@ -182,11 +175,7 @@ def nvml_used_bytes(uuid: str | None, pid: int | None = None, nvml: Any | None =
                     return int(used), "process"
         except Exception:  # NVMLError_NotSupported and friends: fall back to the device
             pass
-        return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "device"
-    except Exception:  # an unknown UUID
-        return None, None
-    finally:
         try:
-            nvml.nvmlShutdown()
+            return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "device"
         except Exception:
-            pass
+            return None, None

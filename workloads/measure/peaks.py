@@ -31,10 +31,11 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
+from stepscope.errors import StepscopeError
 from stepscope.workloads.measure.identity import GpuModel, gpu_variant
 
 
-class PeakError(ValueError):
+class PeakError(StepscopeError, ValueError):
     """A peak cannot be given or used as asked; the message says why."""
 
 
@@ -278,22 +279,21 @@ def measured_matmul_peak(
 
 
 def _device_identity(torch: Any, dev: Any) -> tuple[str, str | None]:
+    from stepscope.workloads.measure.device import cpu_model, torch_uuid
+
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        uuid = getattr(props, "uuid", None)
-        return str(props.name), (str(uuid) if uuid is not None else None)
-    from stepscope.workloads.measure.device import cpu_model
+        return str(props.name), torch_uuid(props)
 
     return cpu_model(), None
 
 
 def _measure(torch: Any, dev: Any, precision: str) -> tuple[float, int, int]:
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    from stepscope.workloads.measure.precision import restore_tf32, set_tf32
+
+    saved = set_tf32(torch, precision == "tf32")  # as a trial in this precision runs
     try:
         if dev.type == "cuda":
             n, reps = CUDA_SIZE, CUDA_REPS
@@ -301,8 +301,7 @@ def _measure(torch: Any, dev: Any, precision: str) -> tuple[float, int, int]:
             n, reps = _cpu_size(torch, dev, dtype)
         best = min(_time_matmul(torch, dev, dtype, n, reps) for _ in range(RUNS))
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved[0]
-        torch.set_float32_matmul_precision(saved[1])
+        restore_tf32(torch, saved)
     return 2 * n**3 * reps / best / 1e12, n, reps
 
 

@@ -19,15 +19,37 @@ write and the views ignore it.
 
 from __future__ import annotations
 
+import enum
+
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-#: The phases of every step, in order (CONTRACT.md). zero_grad belongs to `optimizer`.
+#: The phases of every step, in order (the README's "What it measures"). zero_grad belongs to `optimizer`.
 PHASES: tuple[str, ...] = ("data", "to_device", "forward", "loss", "backward", "optimizer")
 
-#: Trial statuses. `ok` and `oom` are results; `failed` and `timeout` are not.
-STATUSES: tuple[str, ...] = ("ok", "oom", "failed", "timeout")
+class TrialStatus(str, enum.Enum):
+    """How a trial ended: the `trials.status` column. `ok` and `oom` are results (the
+    sweep's exit code is 0); `failed` and `timeout` are not (exit code 1).
+    A str: compares and hashes as its value (`TrialStatus.OK == "ok"`)."""
+
+    OK = "ok"
+    OOM = "oom"  # the device (or host) ran out of memory: a result, the configuration does not fit
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def is_result(self) -> bool:
+        return self.value in RESULT_STATUSES
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in TrialStatus)
 RESULT_STATUSES: frozenset[str] = frozenset({"ok", "oom"})
 
 _TS = pa.timestamp("us", tz="UTC")

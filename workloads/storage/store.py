@@ -21,12 +21,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from stepscope.errors import StepscopeError, one_line
 from stepscope.workloads.storage.schema import TABLES, check_rows
 
 DEFAULT_STORE = "./stepscope-results"
 
 
-class StoreError(RuntimeError):
+class StoreError(StepscopeError, RuntimeError):
     """The store cannot be opened or written."""
 
 
@@ -65,7 +66,7 @@ class Store:
         try:
             fs, path = pafs.FileSystem.from_uri(self.location)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise StoreError(f"--store {self.location}: {_one_line(exc)}") from None
+            raise StoreError(f"--store {self.location}: {one_line(exc, with_type=False)}") from None
         path = path.rstrip("/")
         if not path:
             raise StoreError(f"--store {self.location}: names no bucket or path; give e.g. s3://bucket/prefix")
@@ -90,7 +91,7 @@ class Store:
                 fs.create_dir(directory, recursive=True)
                 pq.write_table(data, final, filesystem=fs)
             except OSError as exc:  # no such bucket, access denied, unreachable endpoint
-                raise StoreError(f"--store {self.location}: cannot write {final}: {_one_line(exc)}") from None
+                raise StoreError(f"--store {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
         return final
 
     def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict],
@@ -117,11 +118,7 @@ class Store:
             dataset = ds.dataset(base, filesystem=fs, format="parquet", schema=schema)  # skips "." and "_" files
             return dataset.to_table(columns=list(columns)).to_pylist()
         except OSError as exc:
-            raise StoreError(f"--store {self.location}: cannot read {base}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+            raise StoreError(f"--store {self.location}: cannot read {base}: {one_line(exc, with_type=False)}") from None
 
 
 def _write_local_atomic(data: pa.Table, directory: str, final: str) -> None:

@@ -1,0 +1,14 @@
+"""The measurement code: what times, counts and identifies a training step. Imports torch
+(lazily, where `stepscope trial` and the fork server need it first).
+
+- `runner`: `run_trial`, the loop: warmup, measured steps, the six phases, statuses.
+- `timing`: phase timers (CUDA events on a GPU, perf_counter_ns on a CPU).
+- `batch`: moving a batch to the device and calling the model with it.
+- `precision`: what each precision name means for the model, the data and the step.
+- `memory`: parameter/gradient/optimizer/activation bytes, per-phase peaks, NVML memory.
+- `flops`, `utilization`, `peaks`: FLOPs of a step, datasheet and measured peaks, MFU.
+- `device`, `identity`, `nvml`: which device a trial ran on, exactly (NVML).
+- `records`: the typed records these hand the runner, and the rows made from them.
+
+Ray-free and DuckDB-free: it runs on a GPU node without either.
+"""

@@ -1,0 +1,119 @@
+"""Typed records: what the measurement code hands the runner, one field per column.
+
+Each record's fields are named after the columns they fill (`stepscope.workloads.storage.schema`);
+`stepscope.workloads.measure.rows` is the one place that turns them into rows, and a
+test holds the field names to the schema's columns.
+
+Units are in the names: `_bytes` bytes, `_ms` milliseconds, `_s` seconds, `_mhz`,
+`_w` watts, `tflops` 10^12 FLOP/s; None where a value could not be measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class NvmlIdentity:
+    """Everything NVML says about one GPU (`identity.nvml_identity`); None where it cannot
+    say, with NVML's reason under `nvml_unavailable[field]`."""
+
+    device_name: str | None = None
+    device_uuid: str | None = None
+    device_memory_bytes: int | None = None
+    pci_bus_id: str | None = None
+    sm_clock_mhz: int | None = None  # current clocks, at the trial's start
+    mem_clock_mhz: int | None = None
+    sm_clock_max_mhz: int | None = None
+    mem_clock_max_mhz: int | None = None
+    power_limit_w: float | None = None
+    ecc_enabled: bool | None = None
+    ecc_pending: bool | None = None
+    mig_enabled: bool | None = None
+    mig_pending: bool | None = None
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None  # the CUDA version the driver supports, "12.4"
+    gpu_variant: str | None = None  # the exact board, e.g. "H100-SXM-80GB" (identity.gpu_variant)
+    nvml_unavailable: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """The device a trial ran on (`device.describe`). All but `cpu_model`,
+    `host_memory_bytes` and `identity` are columns of `trials`; the `devices` row is
+    made from all of it."""
+
+    device_kind: str  # "cuda" | "cpu"
+    device_uuid: str  # NVML's GPU-/MIG- UUID; CPU-<host> on a CPU
+    host: str
+    num_threads: int  # torch intra-op threads
+    python_version: str
+    torch_version: str
+    device_name: str | None = None  # NVML's name on a GPU, the CPU model on a CPU
+    device_index: int | None = None  # torch's index, after CUDA_VISIBLE_DEVICES
+    device_memory_bytes: int | None = None
+    sm_count: int | None = None
+    compute_capability: str | None = None  # "9.0"
+    driver_version: str | None = None
+    cpu_count: int | None = None
+    cuda_version: str | None = None  # the CUDA runtime torch was built with
+    cudnn_version: str | None = None
+    cpu_model: str | None = None
+    host_memory_bytes: int | None = None
+    identity: NvmlIdentity | None = None  # None without NVML (a CPU, no driver, unknown UUID)
+
+
+#: The DeviceFacts fields that are not columns of `trials` (they go to `devices`).
+DEVICE_ONLY_FIELDS = frozenset({"cpu_model", "host_memory_bytes", "identity"})
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """FLOPs, peaks and MFU of a trial (`utilization.count`, then `utilization.rates`).
+    FLOPs are per training step of the whole batch, a multiply-add counting 2."""
+
+    flops_forward: int | None = None  # forward and loss
+    flops_backward: int | None = None
+    flops_analytic: int | None = None  # a built-in's closed form, e.g. gpt's (6N + 12·L·d·T) per token
+    flops_uncounted: str | None = None  # comma-separated ops the counter had no formula for
+    flops_error: str | None = None  # why nothing was counted, when nothing was
+    achieved_tflops: float | None = None  # (forward + backward) / mean measured step
+    gpu_variant: str | None = None
+    peak_tflops_datasheet: float | None = None  # dense, for gpu_variant and the precision
+    peak_tflops_measured: float | None = None  # matmul peak measured on this node
+    mfu_datasheet: float | None = None  # achieved / datasheet peak
+    mfu_measured: float | None = None  # achieved / measured peak
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUse:
+    """Where a trial's memory went (`memory`), in bytes; the NVML fields on CUDA only."""
+
+    param_bytes: int | None = None
+    grad_bytes: int | None = None
+    optimizer_state_bytes: int | None = None  # per-parameter state (Adam's moments, SGD's momentum)
+    activation_bytes: int | None = None  # saved for backward, parameters aside (warmup step 0)
+    alloc_retries: int | None = None  # CUDA caching allocator retries over the trial
+    cuda_context_bytes: int | None = None  # right after the CUDA context was created (NVML)
+    nvml_used_bytes: int | None = None  # after the measured steps (NVML)
+    non_torch_bytes: int | None = None  # nvml_used_bytes - torch's reserved pool, same moment
+    nvml_memory_scope: str | None = None  # "process" (this pid) or "device" (whole GPU)
+
+
+@dataclass
+class Measured:
+    """What a trial's loop produced, filled in as it goes, so that a crash keeps what ran.
+    The runner's own accumulator (mutable); `rows` turns it into the trial's rows."""
+
+    device_ms: list[list[float] | None] = field(default_factory=list)  # per step; None on a CPU (= host)
+    gaps_ms: list[list[float | None] | None] = field(default_factory=list)  # GPU idle before each phase
+    host_ns: list[tuple[int, ...]] = field(default_factory=list)  # clock at each phase's start and end
+    phase_peaks: list[tuple] = field(default_factory=list)  # per step: (rss, allocated, reserved, retries)
+    model_to_device_ms: float | None = None
+    param_count: int | None = None
+    measured_wall_s: float | None = None
+    final_loss: float | None = None
+    facts: DeviceFacts | None = None
+    work: Work = field(default_factory=Work)
+    mem: MemoryUse = field(default_factory=MemoryUse)
