@@ -1,6 +1,7 @@
 """Trials -> Ray tasks: resources, isolation, retries, timeouts, resume, interrupts.
 
-The only module that imports Ray. One Ray task per trial:
+Ray is imported here and, for `stepscope submit`, in `stepscope.orchestrator.jobs`
+(the layer contract in pyproject.toml holds it). One Ray task per trial:
 
 - `isolation: process` (default) runs each trial in a fresh OS process that never
   ran another trial, so CUDA memory, allocator caches, cuDNN autotuning and torch's
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 
 from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator import cluster, forkserver
-from stepscope.orchestrator.spec import SweepSpec
+from stepscope.orchestrator.spec import Isolation, SweepSpec
 from stepscope.workloads.measure.rows import version
 from stepscope.workloads.measure.runner import failed_row, run_trial
 from stepscope.workloads.registry import BUILTINS
@@ -119,7 +120,7 @@ def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None
         "spec_path": spec.abs_path,
         "created_at": dt.datetime.now(dt.timezone.utc),
         "trial_count": n_trials,
-        "isolation": spec.isolation,
+        "isolation": spec.isolation.value,
         "ray_address": address,
         "host": socket.gethostname(),
         "stepscope_version": version(),
@@ -248,7 +249,7 @@ def check_isolation(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> None:
     """A reused worker keeps the GPU it first initialised CUDA on (CUDA reads
     CUDA_VISIBLE_DEVICES once), so on a node with several GPUs its next trial
     could land on a GPU that Ray has given to another trial."""
-    if spec.isolation == "reuse" and (spec.gpus is not None or spec.gpus_each or any(n.gpus for n in nodes)):
+    if spec.isolation is Isolation.REUSE and (spec.targets.wants_gpus or any(n.gpus for n in nodes)):
         many = sorted({n.ip for n in nodes if n.gpus > 1})
         if many:
             raise SchedulerError(
@@ -369,7 +370,7 @@ class _Driver:
         self.progress, self.outcome, self.trial_timeout = progress, outcome, trial_timeout
         # Workers are kept either way; with `process` they never run a trial themselves.
         self.task = ray.remote(max_calls=0)(_remote_trial)
-        self.fresh = spec.isolation == "process"
+        self.fresh = spec.isolation is Isolation.PROCESS
         self.paths = paths
         self.queues: dict[str | None, deque] = {}  # GPU type -> (trial, attempt) waiting
         self.running: dict = {}  # ObjectRef -> _Running
@@ -388,7 +389,7 @@ class _Driver:
 
     def describe(self, address: str | None, nodes: Sequence[cluster.Node]) -> str:
         self.nodes, self.nodes_read = list(nodes), time.monotonic()
-        self.use_gpus = self.spec.gpus is not None or self.spec.gpus_each or any(n.gpus for n in nodes)
+        self.use_gpus = self.spec.targets.wants_gpus or any(n.gpus for n in nodes)
         if self.use_gpus:
             # A GPU trial gets its share of its node's CPUs (for the data phase, launches).
             shares = [n.cpus // n.gpus for n in nodes if n.gpus]

@@ -7,6 +7,7 @@ so the CLI can print it as one line.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import os
@@ -23,9 +24,54 @@ from stepscope.workloads.registry import resolve_params
 Scalar = int | float | str | bool
 
 TOP_LEVEL_KEYS = ("name", "description", "fixed", "grid", "exclude", "gpus", "repeats", "isolation")
-ISOLATIONS = ("process", "reuse")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _GPU_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+class _Choice(str, enum.Enum):
+    """A spec keyword: compares, hashes and prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Isolation(_Choice):
+    """`isolation:`: how trials are kept apart from each other."""
+
+    PROCESS = "process"  # every trial in a fresh process forked for it (orchestrator.forkserver)
+    REUSE = "reuse"  # trials run in their Ray worker itself: faster, shares process state
+
+
+ISOLATIONS = tuple(i.value for i in Isolation)
+
+
+class GpuMode(_Choice):
+    """`gpus:`: which accelerator types the grid runs on."""
+
+    ANY = "any"  # no constraint: wherever Ray places a trial
+    EACH = "each"  # once on every GPU type the cluster has when the sweep starts
+    LISTED = "listed"  # once on each type listed in the spec
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTargets:
+    """What `gpus:` says: a mode, and for `listed` the types (Ray's coarse types such as
+    `A100`, or precise labels such as `H100-SXM-80GB`; see orchestrator.cluster)."""
+
+    mode: GpuMode = GpuMode.ANY
+    types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.mode is GpuMode.LISTED) != bool(self.types):
+            raise ValueError(f"GpuTargets: mode {self.mode} takes {'a list of' if self.mode is GpuMode.LISTED else 'no'} types")
+
+    @property
+    def wants_gpus(self) -> bool:
+        """Every trial needs a GPU (`each`, or a list of types)."""
+        return self.mode is not GpuMode.ANY
 
 
 class SpecError(StepscopeError, ValueError):
@@ -42,15 +88,22 @@ class SweepSpec:
     fixed: tuple[tuple[str, Scalar], ...]
     grid: tuple[tuple[str, tuple[Scalar, ...]], ...]  # in the order written
     exclude: tuple[tuple[tuple[str, Scalar], ...], ...]
-    gpus: tuple[str, ...] | None  # None = any (or each, see gpus_each)
+    targets: GpuTargets
     repeats: int
-    isolation: str
+    isolation: Isolation
     description: str
     text: str  # the YAML as written
     source: str  # the path it came from, for messages ("<string>" if none)
-    gpus_each: bool = False  # `gpus: each`: every GPU type the cluster has when the sweep starts
     abs_path: str | None = None  # resolved when loaded: a Ray job's cwd can vanish later
 
+    @property
+    def gpus(self) -> tuple[str, ...] | None:
+        """The listed GPU types, or None for `any` and `each`."""
+        return self.targets.types if self.targets.mode is GpuMode.LISTED else None
+
+    @property
+    def gpus_each(self) -> bool:
+        return self.targets.mode is GpuMode.EACH
 
     @property
     def directory(self) -> str | None:
@@ -119,8 +172,7 @@ class _Validator:
             fixed=tuple(fixed.items()),
             grid=grid,
             exclude=exclude,
-            gpus=self.gpus(doc.get("gpus", "any")),
-            gpus_each=doc.get("gpus") == "each",
+            targets=self.gpus(doc.get("gpus", "any")),
             repeats=self.positive_int("repeats", doc.get("repeats", 1)),
             isolation=self.isolation(doc.get("isolation", "process")),
             description=self.description(doc.get("description", "")),
@@ -189,9 +241,9 @@ class _Validator:
             out.append(tuple((str(k), v) for k, v in entry.items()))
         return tuple(out)
 
-    def gpus(self, value: Any) -> tuple[str, ...] | None:
-        if value in ("any", "each"):
-            return None
+    def gpus(self, value: Any) -> GpuTargets:
+        if value in (GpuMode.ANY.value, GpuMode.EACH.value):
+            return GpuTargets(GpuMode(value))
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
@@ -201,17 +253,17 @@ class _Validator:
                 raise self.fail("gpus", f"{v!r} is not an accelerator type name, e.g. H100 or A100")
         if len(set(value)) != len(value):
             raise self.fail("gpus", "lists a type twice")
-        return tuple(value)
+        return GpuTargets(GpuMode.LISTED, tuple(value))
 
     def positive_int(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.fail(key, f"expected a positive integer, got {value!r}")
         return value
 
-    def isolation(self, value: Any) -> str:
-        if value not in ISOLATIONS:
+    def isolation(self, value: Any) -> Isolation:
+        if not isinstance(value, str) or value not in ISOLATIONS:
             raise self.fail("isolation", f"{value!r}: use `process` (a fresh process per trial) or `reuse` (trials share their Ray worker)")
-        return value
+        return Isolation(value)
 
     def scalar(self, field: str, value: Any) -> None:
         if value is None or isinstance(value, (dict, list)):

@@ -32,7 +32,7 @@ class StoreError(StepscopeError, RuntimeError):
 
 
 def resolve_store(store: str | None) -> str:
-    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (CONTRACT.md)."""
+    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (the README's "Running sweeps")."""
     return store or os.environ.get("STEPSCOPE_STORE") or DEFAULT_STORE
 
 

@@ -1,0 +1,73 @@
+"""The typed records' fields are the schema's columns, and rows.py turns them into rows
+the store accepts (`schema.check_rows` refuses any other key set)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stepscope.workloads.measure import rows
+from stepscope.workloads.measure.records import (
+    DEVICE_ONLY_FIELDS,
+    DeviceFacts,
+    Measured,
+    MemoryUse,
+    NvmlIdentity,
+    Work,
+)
+from stepscope.workloads.registry import resolve_params
+from stepscope.workloads.storage.schema import DEVICES, TRIALS, TrialStatus, check_rows
+from stepscope.workloads.trial import Trial
+
+
+def names(record) -> list[str]:
+    return [f.name for f in dataclasses.fields(record)]
+
+
+def test_work_and_memory_fields_are_trials_columns_in_schema_order():
+    for record in (Work, MemoryUse):
+        fields = names(record)
+        start = TRIALS.names.index(fields[0])
+        assert TRIALS.names[start : start + len(fields)] == fields, record.__name__
+
+
+def test_device_facts_are_trials_columns_and_the_rest_are_devices_columns():
+    trial_side = [n for n in names(DeviceFacts) if n not in DEVICE_ONLY_FIELDS]
+    assert set(trial_side) <= set(TRIALS.names)
+    assert set(trial_side) - {"device_index", "num_threads", "python_version"} <= set(DEVICES.names)
+    assert {"cpu_model", "host_memory_bytes"} <= set(DEVICES.names)
+
+
+def test_nvml_identity_fields_are_devices_columns_but_the_pending_modes():
+    assert set(names(NvmlIdentity)) - {"ecc_pending", "mig_pending", "device_uuid"} <= set(DEVICES.names)
+
+
+def _trial() -> Trial:
+    return Trial(index=0, trial_id="t", repeat=0, gpu=None, params=resolve_params({"workload": "mlp"}))
+
+
+def _facts() -> DeviceFacts:
+    return DeviceFacts(device_kind="cuda", device_uuid="GPU-x", host="h", num_threads=4, python_version="3.11",
+                       torch_version="2.13", identity=NvmlIdentity(gpu_variant="H100-SXM-80GB", nvml_unavailable={"ecc_enabled": "Not Supported"}))
+
+
+def test_rows_from_full_records_are_accepted_by_the_store():
+    m = Measured(facts=_facts(), work=Work(flops_forward=10), mem=MemoryUse(param_bytes=4))
+    row = rows.trial_row(_trial(), "s", m, TrialStatus.OK, None, rows.now(), "node", 1, pid=7)
+    table = check_rows("trials", [row])
+    got = table.to_pylist()[0]
+    assert got["status"] == "ok" and got["flops_forward"] == 10 and got["param_bytes"] == 4 and got["pid"] == 7
+    assert got["device_uuid"] == "GPU-x" and got["device_kind"] == "cuda"
+    dev = check_rows("devices", [rows.device_row(m.facts, sweep_id="s", trial_id="t", node_id=None, observed_at=rows.now())])
+    assert dev.to_pylist()[0]["gpu_variant"] == "H100-SXM-80GB"
+    assert dev.to_pylist()[0]["nvml_unavailable"] == '{"ecc_enabled": "Not Supported"}'
+
+
+def test_a_trial_that_never_ran_still_makes_a_whole_row():
+    row = rows.trial_row(_trial(), "s", Measured(), "timeout", "timed out", rows.now(), None, 3)
+    got = check_rows("trials", [row]).to_pylist()[0]
+    assert got["status"] == "timeout" and got["device_kind"] is None and got["pid"] is None and got["attempt"] == 3
+
+
+def test_status_is_a_str_with_its_value():
+    assert TrialStatus("oom") is TrialStatus.OOM and TrialStatus.OOM == "oom" and f"{TrialStatus.OOM}" == "oom"
+    assert TrialStatus.OOM.is_result and not TrialStatus.TIMEOUT.is_result
