@@ -20,14 +20,14 @@ from stepscope.workloads.params import COMMON_BY_NAME, ParamError
 
 
 def _discover() -> dict[str, BuiltinInfo]:
-    """Every folder of `stepscope.workloads.builtin` with an `INFO`, by name.
+    """Every folder of `stepscope.workloads.builtin`'s `INFO`, by name, in listing order.
     Imports only the folders' torch-free `__init__` modules."""
-    found: dict[str, BuiltinInfo] = {}
-    for entry in sorted(pkgutil.iter_modules(builtin.__path__), key=lambda m: m.name):
-        if entry.ispkg:
-            info = importlib.import_module(f"{builtin.__name__}.{entry.name}").INFO
-            found[info.name] = info
-    return found
+    infos = [
+        importlib.import_module(f"{builtin.__name__}.{entry.name}").INFO
+        for entry in pkgutil.iter_modules(builtin.__path__)
+        if entry.ispkg
+    ]
+    return {info.name: info for info in sorted(infos, key=lambda i: (i.order, i.name))}
 
 
 BUILTINS: dict[str, BuiltinInfo] = _discover()

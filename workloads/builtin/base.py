@@ -22,6 +22,7 @@ class BuiltinInfo:
     - `name`: what a spec writes as `workload:`.
     - `package`: the folder's import name; its `model` module has `build`.
     - `params`: the workload's own parameters (the common ones are in `params.COMMON_PARAMS`).
+    - `order`: where `stepscope workloads` lists it (ties by name).
     - `check`: optional `(resolved params) -> None` that raises `ParamError` for
       combinations no single parameter can refuse (gpt: d_model a multiple of n_head).
     - `analytic_flops`: optional `(resolved params) -> int`, a closed-form count of one
@@ -32,6 +33,7 @@ class BuiltinInfo:
     package: str
     description: str
     params: tuple[Param, ...]
+    order: int = 100  # position in `stepscope workloads` (then by name): smallest model first
     check: Callable[[Mapping[str, object]], None] | None = None
     analytic_flops: Callable[[Mapping[str, object]], int] | None = None
 

@@ -44,6 +44,7 @@ def analytic_flops(params: Mapping[str, Any]) -> int:
 INFO = BuiltinInfo(
     name="gpt",
     package=__name__,
+    order=3,
     description="decoder-only transformer language model (GPT-2 style, tied embeddings)",
     params=(
         Param("n_layer", int, 2, "transformer blocks", minimum=1),

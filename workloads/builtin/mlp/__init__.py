@@ -6,6 +6,7 @@ from stepscope.workloads.params import Param
 INFO = BuiltinInfo(
     name="mlp",
     package=__name__,
+    order=1,
     description="multi-layer perceptron classifier on random features",
     params=(
         Param("depth", int, 4, "hidden layers", minimum=1),

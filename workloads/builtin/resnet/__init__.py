@@ -6,6 +6,7 @@ from stepscope.workloads.params import Param
 INFO = BuiltinInfo(
     name="resnet",
     package=__name__,
+    order=2,
     description="ResNet image classifier (basic blocks at 18/34, bottlenecks at 50/101)",
     params=(
         Param("depth", int, 18, "ResNet depth", choices=(18, 34, 50, 101)),
