@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import pkgutil
@@ -112,8 +113,21 @@ def locate_module(name: str, search_paths: Iterable[str] = ()) -> str | None:
 
 
 def find_custom_module(name: str, search_paths: Iterable[str]) -> bool:
-    """True when a custom workload's top-level module can be found (`locate_module`)."""
-    return locate_module(name, search_paths) is not None
+    """True when a custom workload's module can be found: its top-level module
+    (`locate_module`), then each further dotted part as a subpackage or a `.py` file
+    in it, read from the filesystem (nothing is imported, so nothing runs)."""
+    where = locate_module(name, search_paths)
+    if where is None:
+        return False
+    for part in name.partition(":")[0].split(".")[1:]:
+        if not os.path.isdir(where):
+            return False  # a plain module has no submodules
+        package = os.path.join(where, part)
+        modules = [f"{package}{suffix}" for suffix in importlib.machinery.all_suffixes()]  # .py, .so, ...
+        where = package if os.path.isdir(package) else next((m for m in modules if os.path.isfile(m)), None)
+        if where is None:
+            return False
+    return True
 
 
 def load_builder(name: str, search_paths: Iterable[str] = ()) -> Callable:
