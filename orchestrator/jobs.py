@@ -1,14 +1,16 @@
 """`stepscope submit`: run a sweep's driver on the cluster through the Ray Jobs API.
 
-The job carries a small working directory: the spec and the custom workload
+The job carries a small working directory: the spec, the custom workload
 modules it names (found beside the spec, in the current directory or on
-PYTHONPATH), nothing else, so a spec that sits in a big folder uploads only
-what it needs. The job's entrypoint is `stepscope run SPEC` there; its tasks
+PYTHONPATH) and the local modules they import (those beside the spec or in the
+current directory), nothing else, so a spec that sits in a big folder uploads
+only what it needs. The job's entrypoint is `stepscope run SPEC` there; its tasks
 inherit the working directory, so every worker can import those modules.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import shutil
@@ -60,16 +62,53 @@ def check_job_store(location: str) -> None:
 
 
 def module_files(spec: SweepSpec, names: list[str], paths: list[str]) -> list[str]:
-    """The file or package directory of each custom workload's top-level module
-    (`stepscope.workloads.registry.locate_module`), to ship with the job."""
-    found = []
+    """What to ship with the job: the file or package directory of each custom workload's
+    top-level module (`stepscope.workloads.registry.locate_module`), and of every local
+    module those import, transitively. A module is local when it sits directly in one of
+    `paths` (beside the spec, the current directory): installed packages are the
+    cluster's to provide. Imports are read from the source (`ast`), never run."""
+    local_dirs = {os.path.abspath(p) for p in paths}
+    todo = []
     for name in names:
         where = locate_module(name, paths)
         if where is None:
             top = name.partition(":")[0].split(".")[0]
             raise SpecError(spec.source, "workload", f"cannot find module {top!r} to send with the job")
-        found.append(where)
-    return sorted(set(found))
+        todo.append(where)
+    found: set[str] = set()
+    seen: set[str] = set()
+    while todo:
+        where = todo.pop()
+        if where in found:
+            continue
+        found.add(where)
+        for top in sorted(_imported_top_names(where) - seen):
+            seen.add(top)
+            dep = locate_module(top, paths)
+            if dep is not None and os.path.dirname(os.path.abspath(dep)) in local_dirs:
+                todo.append(dep)
+    return sorted(found)
+
+
+def _imported_top_names(where: str) -> set[str]:
+    """The top-level names that a module file, or every .py file of a package
+    directory, imports absolutely (`import a.b`, `from a.b import c`: "a")."""
+    files = [where] if os.path.isfile(where) else [
+        os.path.join(d, f) for d, _, fs in os.walk(where) if "__pycache__" not in d for f in fs if f.endswith(".py")
+    ]
+    names: set[str] = set()
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), filename=path)
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # the worker will meet it and report it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
 
 
 @contextmanager
