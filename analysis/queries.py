@@ -11,7 +11,14 @@ line of its own::
 
 `param: NAME = DEFAULT  (help)` declares a parameter with a default; leave out
 `= DEFAULT` for one the caller must give. Parameters are bound as DuckDB named
-parameters (`$sweep`), always as text: a query casts what it needs.
+parameters (`$sweep`), always as text: a query casts what it needs. Last comes
+`columns:`, the names of the columns it returns in order (a name may carry a
+note in parentheses; the list goes on over `--   ` lines), which a test holds
+to what the query really returns.
+
+The views a query reads come from two files that are not queries themselves:
+views.sql (staging: the stored tables renamed and cast) and intermediate.sql
+(the joins and the configuration key the queries share), loaded in that order.
 """
 
 from __future__ import annotations
@@ -22,12 +29,18 @@ from pathlib import Path
 
 import duckdb
 
+from stepscope.errors import StepscopeError
+
 # `stepscope/queries`: in a wheel, the SQL files themselves; in a checkout (and an
 # editable install), src/stepscope/queries, a link to the repository's queries/.
 _SQL_DIRS = (Path(__file__).parent.parent / "queries",)
 
-#: The views every query reads; not a named query itself.
+#: The staging views every query reads; not a named query itself.
 VIEWS_FILE = "views.sql"
+#: The intermediate views, built on the staging views; not a named query either.
+INTERMEDIATE_FILE = "intermediate.sql"
+#: The files that create the views, in the order they are run.
+_VIEW_FILES = (VIEWS_FILE, INTERMEDIATE_FILE)
 
 _PARAM = re.compile(
     r"^param:\s*(?P<name>\w+)\s*(?:=\s*(?P<default>\S+))?\s*(?:\((?P<help>.*)\))?\s*$"
@@ -36,7 +49,7 @@ _PARAM = re.compile(
 Result = tuple[list[str], list[tuple]]
 
 
-class QueryError(RuntimeError):
+class QueryError(StepscopeError, RuntimeError):
     """A query cannot be found, bound or run. The message is for the user as it stands;
     for an SQL error it is DuckDB's own (which may span lines: LINE 1 and a caret)."""
 
@@ -57,7 +70,7 @@ class QueryInfo:
 
 
 def sql_dir() -> Path:
-    """The directory holding views.sql and the named queries."""
+    """The directory holding the view files and the named queries."""
     for directory in _SQL_DIRS:
         if (directory / VIEWS_FILE).is_file():
             return directory
@@ -67,12 +80,15 @@ def sql_dir() -> Path:
 
 
 def views_sql() -> str:
-    return (sql_dir() / VIEWS_FILE).read_text(encoding="utf-8")
+    """The SQL that creates every view the queries read: the staging views, then the
+    intermediate views built on them."""
+    directory = sql_dir()
+    return "\n".join((directory / name).read_text(encoding="utf-8") for name in _VIEW_FILES)
 
 
 def list_queries() -> list[QueryInfo]:
     """Every named query, sorted by name."""
-    paths = sorted(p for p in sql_dir().glob("*.sql") if p.name != VIEWS_FILE)
+    paths = sorted(p for p in sql_dir().glob("*.sql") if p.name not in _VIEW_FILES)
     return [_describe(p) for p in paths]
 
 

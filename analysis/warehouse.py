@@ -1,4 +1,5 @@
-"""An in-memory DuckDB over a store's Parquet files, with the views of queries/views.sql.
+"""An in-memory DuckDB over a store's Parquet files, with the views of queries/views.sql
+(staging) and queries/intermediate.sql (built on them).
 
 For each table of `stepscope.workloads.storage.schema` we build `raw_<table>`: the store's files
 UNION ALL BY NAME an empty relation of the current schema, so every column is
@@ -30,7 +31,8 @@ _GLOB_CHARS = frozenset("*?[]{}")
 
 def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB connection with the views `sweeps`, `trials`, `steps`,
-    `step_totals` over `store`. A store that does not exist yet gives empty views."""
+    `devices`, and `ok_trials`, `measured_steps`, `step_totals` built on them, over
+    `store`. A store that does not exist yet gives empty views."""
     store = store if isinstance(store, Store) else Store(store)
     root = store.local_root
     if root is not None and os.path.exists(root) and not os.path.isdir(root):

@@ -14,67 +14,34 @@
 
 with
 
-chosen_trials as (
+chosen_steps as (
     select *
-    from trials
+    from measured_steps
     where in_sweep(sweep_id, $sweep)
-),
-
-measured_steps as (
-    select
-        t.sweep_id,
-        t.trial_id,
-        t.workload,
-        t.batch_size,
-        t.precision,
-        t.optimizer,
-        t.config_id,
-        t.gpu,
-        t.device_name,
-        s.iteration,
-        s.phase,
-        s.duration_ms
-    from chosen_trials as t
-    inner join steps as s
-        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where t.status = 'ok' and not s.is_warmup and s.phase in ('forward', 'backward')
+        and phase in ('forward', 'backward')
 ),
 
 config_medians as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config,
         count(distinct trial_id) as trials,
         count(distinct (trial_id, iteration)) as steps,
         median(duration_ms) filter (where phase = 'forward') as forward_ms,
         median(duration_ms) filter (where phase = 'backward') as backward_ms
-    from measured_steps
-    group by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+    from chosen_steps
+    group by config
 ),
 
 final as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config.*,
         trials,
         steps,
         round(forward_ms, 3) as forward_ms,
         round(backward_ms, 3) as backward_ms,
         round(backward_ms / nullif(forward_ms, 0), 3) as ratio
     from config_medians
-    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+    order by config
 )
 
 select * from final

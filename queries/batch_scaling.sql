@@ -22,46 +22,42 @@ chosen_trials as (
     select
         *,
         md5(json_merge_patch(params, '{"batch_size": null, "seed": null}'))[:8] as series
-    from trials
-    where status = 'ok'
-        and in_sweep(sweep_id, $sweep)
+    from ok_trials
+    where in_sweep(sweep_id, $sweep)
+),
+
+chosen_steps as (
+    select *
+    from measured_steps
+    where in_sweep(sweep_id, $sweep)
 ),
 
 per_step as (
     select
-        s.sweep_id,
-        s.trial_id,
-        s.iteration,
-        sum(s.duration_ms) as step_ms,
-        max(coalesce(s.peak_allocated_bytes, s.peak_rss_bytes)) as peak_bytes
-    from steps as s
-    inner join chosen_trials as t
-        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where not s.is_warmup
-    group by s.sweep_id, s.trial_id, s.iteration
+        sweep_id,
+        trial_id,
+        iteration,
+        sum(duration_ms) as step_ms,
+        max(coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_bytes
+    from chosen_steps
+    group by sweep_id, trial_id, iteration
 ),
 
 per_trial as (
     select
-        t.sweep_id,
-        t.trial_id,
-        median(p.step_ms) as step_ms,
-        max(p.peak_bytes) as peak_bytes
-    from chosen_trials as t
-    inner join per_step as p
-        on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
-    group by t.sweep_id, t.trial_id
+        sweep_id,
+        trial_id,
+        median(step_ms) as step_ms,
+        max(peak_bytes) as peak_bytes
+    from per_step
+    group by sweep_id, trial_id
 ),
 
+-- One row per configuration: a point of its series.
 per_batch as (
     select
-        t.sweep_id,
-        t.workload,
-        t.precision,
-        t.gpu,
-        t.device_name,
+        t.config,
         t.series,
-        t.batch_size,
         count(*) as trials,
         median(t.samples_per_s) as samples_per_s,
         median(p.step_ms) as step_ms,
@@ -70,42 +66,42 @@ per_batch as (
     from chosen_trials as t
     inner join per_trial as p
         on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
-    group by t.sweep_id, t.workload, t.precision, t.gpu, t.device_name, t.series, t.batch_size
+    group by t.config, t.series
 ),
 
+-- A series is the configuration key with the batch size (and so the config_id)
+-- left free: as JSON with those two fields dropped, it compares equal across
+-- the series' batch sizes.
 with_base as (
     select
         *,
-        first_value(batch_size) over series_by_batch as base_batch,
+        first_value(config.batch_size) over series_by_batch as base_batch,
         first_value(samples_per_s) over series_by_batch as base_samples_per_s,
         first_value(peak_bytes) over series_by_batch as base_peak_bytes
     from per_batch
     window series_by_batch as (
-        partition by sweep_id, workload, precision, gpu, device_name, series
-        order by batch_size
+        partition by series, json_merge_patch(to_json(config), '{"batch_size": null, "config_id": null}')
+        order by config.batch_size
     )
 ),
 
+-- The series' columns lead, then the batch size: `order by all` sorts by them.
 final as (
     select
-        sweep_id,
-        workload,
-        precision,
-        gpu,
-        device_name,
+        config.* exclude (batch_size, optimizer, config_id),
         series,
-        batch_size,
+        config.batch_size,
         trials,
         round(samples_per_s, 1) as samples_per_s,
         round(step_ms, 3) as step_ms,
         round(samples_per_s / nullif(base_samples_per_s, 0), 2) as throughput_x,
-        round(100 * samples_per_s / nullif(base_samples_per_s, 0) / (batch_size / base_batch), 1)
+        round(100 * samples_per_s / nullif(base_samples_per_s, 0) / (config.batch_size / base_batch), 1)
             as efficiency_pct,
         round(activation_bytes / 2 ^ 20, 2) as activation_mib,
         round(peak_bytes / 2 ^ 20, 1) as peak_mib,
         round(peak_bytes / nullif(base_peak_bytes, 0), 2) as memory_x
     from with_base
-    order by sweep_id, workload, precision, gpu, device_name, series, batch_size
+    order by all
 )
 
 select * from final

@@ -23,60 +23,42 @@ with
 
 chosen_trials as (
     select *
-    from trials
-    where status = 'ok'
-        and device_kind = 'cuda'
+    from ok_trials
+    where device_kind = 'cuda'
         and in_sweep(sweep_id, $sweep)
 ),
 
 per_step as (
     select
-        s.sweep_id,
+        s.config,
         s.trial_id,
         s.iteration,
         sum(s.duration_ms) as step_ms,
         sum(s.gpu_gap_ms) as gap_ms,
         sum(s.duration_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_device_ms,
         sum(s.host_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_host_ms
-    from steps as s
+    from measured_steps as s
     inner join chosen_trials as t
         on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where not s.is_warmup
-    group by s.sweep_id, s.trial_id, s.iteration
+    group by s.config, s.trial_id, s.iteration
 ),
 
 per_config as (
     select
-        t.sweep_id,
-        t.workload,
-        t.batch_size,
-        t.precision,
-        t.optimizer,
-        t.config_id,
-        t.gpu,
-        t.device_name,
-        count(distinct t.trial_id) as trials,
+        config,
+        count(distinct trial_id) as trials,
         count(*) as steps,
-        median(p.step_ms) as step_ms,
-        median(p.gap_ms) as gap_ms,
-        median(p.compute_device_ms) as compute_device_ms,
-        median(p.compute_host_ms) as compute_host_ms
-    from chosen_trials as t
-    inner join per_step as p
-        on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
-    group by all
+        median(step_ms) as step_ms,
+        median(gap_ms) as gap_ms,
+        median(compute_device_ms) as compute_device_ms,
+        median(compute_host_ms) as compute_host_ms
+    from per_step
+    group by config
 ),
 
 final as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config.*,
         trials,
         steps,
         round(step_ms, 3) as step_ms,
@@ -87,7 +69,7 @@ final as (
         round(compute_host_ms / nullif(compute_device_ms, 0), 3) as host_device_ratio,
         compute_host_ms / nullif(compute_device_ms, 0) >= cast($threshold as double) as launch_bound
     from per_config
-    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+    order by config
 )
 
 select * from final

@@ -24,24 +24,26 @@ with
 
 chosen_trials as (
     select *
-    from trials
-    where status = 'ok'
-        and in_sweep(sweep_id, $sweep)
+    from ok_trials
+    where in_sweep(sweep_id, $sweep)
+),
+
+chosen_steps as (
+    select *
+    from measured_steps
+    where in_sweep(sweep_id, $sweep)
 ),
 
 phase_peaks as (
     select
-        s.sweep_id,
-        s.trial_id,
-        max(s.peak_allocated_bytes) as peak_allocated_bytes,
-        max(s.peak_reserved_bytes) as peak_reserved_bytes,
-        max(s.peak_rss_bytes) as peak_rss_bytes,
-        arg_max(s.phase, coalesce(s.peak_allocated_bytes, s.peak_rss_bytes)) as peak_phase
-    from steps as s
-    inner join chosen_trials as t
-        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where not s.is_warmup
-    group by s.sweep_id, s.trial_id
+        sweep_id,
+        trial_id,
+        max(peak_allocated_bytes) as peak_allocated_bytes,
+        max(peak_reserved_bytes) as peak_reserved_bytes,
+        max(peak_rss_bytes) as peak_rss_bytes,
+        arg_max(phase, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase
+    from chosen_steps
+    group by sweep_id, trial_id
 ),
 
 per_trial as (
@@ -58,14 +60,7 @@ per_trial as (
 
 per_config as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config,
         count(*) as trials,
         median(param_bytes) as param_bytes,
         median(grad_bytes) as grad_bytes,
@@ -82,19 +77,12 @@ per_config as (
         max(device_memory_bytes) as device_memory_bytes,
         max(alloc_retries) as alloc_retries
     from per_trial
-    group by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+    group by config
 ),
 
 final as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config.*,
         trials,
         round(param_bytes / 2 ^ 20, 2) as param_mib,
         round(grad_bytes / 2 ^ 20, 2) as grad_mib,
@@ -113,7 +101,7 @@ final as (
         ) as used_pct,
         alloc_retries
     from per_config
-    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
+    order by config
 )
 
 select * from final

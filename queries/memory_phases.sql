@@ -17,23 +17,15 @@
 
 with
 
-chosen_trials as (
+chosen_steps as (
     select *
-    from trials
-    where status = 'ok'
-        and in_sweep(sweep_id, $sweep)
+    from measured_steps
+    where in_sweep(sweep_id, $sweep)
 ),
 
 per_phase as (
     select
-        t.sweep_id,
-        t.workload,
-        t.batch_size,
-        t.precision,
-        t.optimizer,
-        t.config_id,
-        t.gpu,
-        t.device_name,
+        s.config,
         s.phase_index,
         s.phase,
         max(s.peak_allocated_bytes) as peak_allocated_bytes,
@@ -42,23 +34,15 @@ per_phase as (
         sum(s.alloc_retries) as alloc_retries,
         max(t.non_torch_bytes) as non_torch_bytes,
         max(t.device_memory_bytes) as device_memory_bytes
-    from chosen_trials as t
-    inner join steps as s
-        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where not s.is_warmup
-    group by all
+    from chosen_steps as s
+    inner join ok_trials as t
+        on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
+    group by s.config, s.phase_index, s.phase
 ),
 
 final as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config.*,
         phase_index,
         phase,
         round(peak_allocated_bytes / 2 ^ 20, 1) as peak_allocated_mib,
@@ -69,7 +53,7 @@ final as (
             100 * (peak_reserved_bytes + coalesce(non_torch_bytes, 0)) / nullif(device_memory_bytes, 0), 1
         ) as used_pct
     from per_phase
-    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name, phase_index
+    order by config, phase_index
 )
 
 select * from final

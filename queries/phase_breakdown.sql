@@ -14,77 +14,37 @@
 
 with
 
-chosen_trials as (
+chosen_steps as (
     select *
-    from trials
+    from measured_steps
     where in_sweep(sweep_id, $sweep)
-),
-
-measured_steps as (
-    select
-        t.sweep_id,
-        t.trial_id,
-        t.workload,
-        t.batch_size,
-        t.precision,
-        t.optimizer,
-        t.config_id,
-        t.gpu,
-        t.device_name,
-        s.phase_index,
-        s.phase,
-        s.duration_ms,
-        s.host_ms
-    from chosen_trials as t
-    inner join steps as s
-        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where t.status = 'ok' and not s.is_warmup
 ),
 
 phase_medians as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config,
         phase_index,
         phase,
         count(distinct trial_id) as trials,
         count(*) as steps,
         median(duration_ms) as median_ms,
         median(host_ms) as median_host_ms
-    from measured_steps
-    group by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name, phase_index, phase
+    from chosen_steps
+    group by config, phase_index, phase
 ),
 
 final as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        optimizer,
-        config_id,
-        gpu,
-        device_name,
+        config.*,
         phase_index,
         phase,
         trials,
         steps,
         round(median_ms, 3) as median_ms,
         round(median_host_ms, 3) as median_host_ms,
-        round(
-            100 * median_ms / nullif(sum(median_ms) over (
-                partition by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name
-            ), 0),
-            1
-        ) as share_pct
+        round(100 * median_ms / nullif(sum(median_ms) over (partition by config), 0), 1) as share_pct
     from phase_medians
-    order by sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name, phase_index
+    order by config, phase_index
 )
 
 select * from final

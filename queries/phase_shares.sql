@@ -17,41 +17,36 @@ with
 
 chosen_trials as (
     select *
-    from trials
-    where status = 'ok'
-        and in_sweep(sweep_id, $sweep)
+    from ok_trials
+    where in_sweep(sweep_id, $sweep)
+),
+
+chosen_steps as (
+    select *
+    from measured_steps
+    where in_sweep(sweep_id, $sweep)
 ),
 
 phase_medians as (
     select
-        t.sweep_id,
-        t.workload,
-        t.batch_size,
-        t.precision,
-        t.optimizer,
-        t.config_id,
-        t.gpu,
-        t.device_name,
-        s.phase,
-        median(s.duration_ms) as median_ms
-    from chosen_trials as t
-    inner join steps as s
-        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where not s.is_warmup
-    group by all
+        config,
+        phase,
+        median(duration_ms) as median_ms
+    from chosen_steps
+    group by config, phase
 ),
 
 throughput as (
     select
-        sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+        config,
         median(samples_per_s) as samples_per_s
     from chosen_trials
-    group by all
+    group by config
 ),
 
 per_config as (
     select
-        sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+        config,
         sum(median_ms) as step_ms,
         sum(median_ms) filter (where phase = 'data') as data_ms,
         sum(median_ms) filter (where phase = 'to_device') as to_device_ms,
@@ -60,38 +55,30 @@ per_config as (
         sum(median_ms) filter (where phase = 'backward') as backward_ms,
         sum(median_ms) filter (where phase = 'optimizer') as optimizer_ms
     from phase_medians
-    group by all
+    group by config
+),
+
+-- The key's gpu is null for `gpus: any`: a struct compares equal field by field,
+-- nulls included, so the join keeps those configurations.
+with_throughput as (
+    select *
+    from per_config
+    inner join throughput using (config)
 ),
 
 final as (
     select
-        c.sweep_id,
-        c.workload,
-        c.batch_size,
-        c.precision,
-        c.optimizer,
-        c.config_id,
-        c.gpu,
-        c.device_name,
-        round(c.step_ms, 3) as step_ms,
-        round(tp.samples_per_s, 1) as samples_per_s,
-        round(100 * c.data_ms / nullif(c.step_ms, 0), 1) as data_pct,
-        round(100 * c.to_device_ms / nullif(c.step_ms, 0), 1) as to_device_pct,
-        round(100 * c.forward_ms / nullif(c.step_ms, 0), 1) as forward_pct,
-        round(100 * c.loss_ms / nullif(c.step_ms, 0), 1) as loss_pct,
-        round(100 * c.backward_ms / nullif(c.step_ms, 0), 1) as backward_pct,
-        round(100 * c.optimizer_ms / nullif(c.step_ms, 0), 1) as optimizer_pct
-    from per_config as c
-    inner join throughput as tp
-        on tp.sweep_id = c.sweep_id
-        and tp.workload = c.workload
-        and tp.batch_size = c.batch_size
-        and tp.precision = c.precision
-        and tp.optimizer = c.optimizer
-        and tp.config_id = c.config_id
-        and tp.gpu is not distinct from c.gpu  -- null for `gpus: any`
-        and tp.device_name is not distinct from c.device_name
-    order by c.sweep_id, c.workload, c.batch_size, c.precision, c.optimizer, c.config_id, c.gpu, c.device_name
+        config.*,
+        round(step_ms, 3) as step_ms,
+        round(samples_per_s, 1) as samples_per_s,
+        round(100 * data_ms / nullif(step_ms, 0), 1) as data_pct,
+        round(100 * to_device_ms / nullif(step_ms, 0), 1) as to_device_pct,
+        round(100 * forward_ms / nullif(step_ms, 0), 1) as forward_pct,
+        round(100 * loss_ms / nullif(step_ms, 0), 1) as loss_pct,
+        round(100 * backward_ms / nullif(step_ms, 0), 1) as backward_pct,
+        round(100 * optimizer_ms / nullif(step_ms, 0), 1) as optimizer_pct
+    from with_throughput
+    order by config
 )
 
 select * from final

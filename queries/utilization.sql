@@ -18,9 +18,8 @@ with
 
 chosen_trials as (
     select *
-    from trials
-    where status = 'ok'
-        and flops_forward is not null
+    from ok_trials
+    where flops_forward is not null
         and in_sweep(sweep_id, $sweep)
 ),
 
@@ -31,10 +30,9 @@ step_phases as (
         s.iteration,
         sum(s.duration_ms) filter (where s.phase in ('forward', 'loss')) as forward_ms,
         sum(s.duration_ms) filter (where s.phase = 'backward') as backward_ms
-    from steps as s
+    from measured_steps as s
     inner join chosen_trials as t
         on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    where not s.is_warmup
     group by s.sweep_id, s.trial_id, s.iteration
 ),
 
@@ -59,27 +57,42 @@ per_trial as (
         on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
 ),
 
+per_config as (
+    select
+        config,
+        gpu_variant,
+        median(flops_forward + flops_backward) as flops_per_step,
+        median(achieved_tflops) as step_tflops,
+        median(forward_tflops) as forward_tflops,
+        median(backward_tflops) as backward_tflops,
+        max(peak_tflops_datasheet) as peak_tflops_datasheet,
+        max(peak_tflops_measured) as peak_tflops_measured,
+        median(mfu_datasheet) as mfu_datasheet,
+        median(mfu_measured) as mfu_measured
+    from per_trial
+    group by config, gpu_variant
+),
+
+-- Unlike the other queries, this one shows the key without the optimizer (config_id
+-- covers it) and with the board's variant before the device, and sorts without the
+-- optimizer: so it spreads the key and orders by it field by field.
 final as (
     select
-        sweep_id,
-        workload,
-        batch_size,
-        precision,
-        config_id,
-        gpu,
+        config.* exclude (optimizer, device_name),
         gpu_variant,
-        device_name,
-        round(median(flops_forward + flops_backward) / 1e9, 3) as gflops_per_step,
-        round(median(achieved_tflops), 4) as step_tflops,
-        round(median(forward_tflops), 4) as forward_tflops,
-        round(median(backward_tflops), 4) as backward_tflops,
-        max(peak_tflops_datasheet) as peak_tflops_datasheet,
-        round(max(peak_tflops_measured), 4) as peak_tflops_measured,
-        round(median(mfu_datasheet), 4) as mfu_datasheet,
-        round(median(mfu_measured), 4) as mfu_measured
-    from per_trial
-    group by all
-    order by sweep_id, workload, batch_size, precision, config_id, gpu, device_name
+        config.device_name,
+        round(flops_per_step / 1e9, 3) as gflops_per_step,
+        round(step_tflops, 4) as step_tflops,
+        round(forward_tflops, 4) as forward_tflops,
+        round(backward_tflops, 4) as backward_tflops,
+        peak_tflops_datasheet,
+        round(peak_tflops_measured, 4) as peak_tflops_measured,
+        round(mfu_datasheet, 4) as mfu_datasheet,
+        round(mfu_measured, 4) as mfu_measured
+    from per_config
+    order by
+        config.sweep_id, config.workload, config.batch_size, config.precision, config.config_id, config.gpu,
+        config.device_name
 )
 
 select * from final

@@ -1,11 +1,14 @@
--- The views every query and `stepscope sql` reads: rename and cast, keep only
--- committed trials' rows (steps, devices), and one row per device (devices).
+-- The staging views every query and `stepscope sql` reads: rename and cast, keep
+-- only committed trials' rows (steps, devices), and one row per device (devices).
+-- The joins and keys the named queries share are built on these, in
+-- intermediate.sql.
 --
--- Built over raw_sweeps, raw_trials, raw_steps and raw_devices, which analysis.warehouse
--- registers with every column of workloads.schema (null where an older file
--- lacks one). Columns are listed explicitly, so a file's extra or reordered
--- columns never change what a query sees. Not a named query: `stepscope query
--- --list` skips this file.
+-- Built over raw_sweeps, raw_trials, raw_steps and raw_devices, which
+-- stepscope.analysis.warehouse registers with every column of
+-- stepscope.workloads.storage.schema (null where an older file lacks one).
+-- Columns are listed explicitly, so a file's extra or reordered columns never
+-- change what a query sees. Not a named query: `stepscope query --list` skips
+-- this file.
 
 create or replace view sweeps as
 select
@@ -178,18 +181,3 @@ create or replace macro in_sweep(id, choice) as (
         and id = (select s.sweep_id from sweeps as s order by s.created_at desc, s.sweep_id desc limit 1)
     )
 );
-
--- Convenience: one row per trial and step, its phases summed. phase_count
--- tells a whole step (every phase) from one cut short by an error.
-create or replace view step_totals as
-select
-    sweep_id,
-    trial_id,
-    iteration,
-    is_warmup,
-    sum(duration_ms) as duration_ms,
-    sum(host_ms) as host_ms,
-    sum(gpu_gap_ms) as gpu_gap_ms,
-    count(*) as phase_count
-from steps
-group by sweep_id, trial_id, iteration, is_warmup;

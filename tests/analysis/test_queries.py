@@ -18,6 +18,7 @@ from stepscope.analysis.queries import (
     run_sql,
 )
 from stepscope.analysis.warehouse import connect
+from stepscope.errors import StepscopeError
 
 NAMED = (
     "backward_forward_ratio", "phase_breakdown", "trials", "memory_breakdown", "memory_phases", "batch_scaling",
@@ -90,6 +91,11 @@ def test_an_unknown_parameter_names_it_and_the_known_ones(store):
         QueryError, match=r"^query trials: unknown parameter 'swep'; known parameters: sweep$"
     ):
         run_query(connect(store), "trials", {"swep": "all"})
+
+
+def test_a_query_error_is_the_users_to_fix():
+    # The CLI turns every StepscopeError into one `Error: ...` line and exit 2.
+    assert issubclass(QueryError, StepscopeError) and issubclass(QueryError, RuntimeError)
 
 
 def test_bad_sql_carries_duckdbs_message(store):
