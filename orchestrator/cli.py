@@ -113,7 +113,7 @@ class _PrintProgress:
 
     def started(self, sweep_id: str, total: int, skipped: int, cluster: str) -> None:
         stored = f", {skipped} already stored" if skipped else ""
-        click.echo(f"sweep {sweep_id}: {total} trials{stored}; {cluster}", err=True)
+        click.echo(f"sweep {sweep_id}: {total} trial{'s' if total != 1 else ''}{stored}; {cluster}", err=True)
 
     def trial_done(self, o, snap) -> None:
         width = len(str(snap.total))

@@ -153,7 +153,10 @@ class Session:
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
         try:
             if self.address is None:
-                ray.init(include_dashboard=False, **quiet)
+                # "local": always a new cluster of our own. ray.init() with no address would
+                # join the cluster last recorded by `ray start` on this machine, even a dead
+                # one (it then hangs for minutes), or silently run on someone else's.
+                ray.init(address="local", include_dashboard=False, **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -399,7 +402,8 @@ class _Driver:
             if not cpus:
                 raise SchedulerError("the Ray cluster has no node with a CPU to run trials on")
             self.cpus_per_trial = min(cpus)  # the whole of the smallest node
-        where = address or os.environ.get("RAY_ADDRESS") or "embedded local Ray"
+        where = address or os.environ.get("RAY_ADDRESS") or (
+            f"embedded local Ray at {self.ray.get_runtime_context().gcs_address}")
         cpus = int(sum(n.cpus for n in nodes))
         cpus_each = f"{int(self.cpus_per_trial)} CPU{'s' if self.cpus_per_trial != 1 else ''}"
         per = f"1 GPU and {cpus_each}" if self.use_gpus else cpus_each

@@ -247,3 +247,43 @@ def test_a_worker_node_killed_mid_sweep(fresh_cluster, write_spec, stepscope, tm
     assert len(rows) == 6 and len({r[0] for r in rows}) == 6 and {r[1] for r in rows} == {"ok"}
     assert max(r[2] for r in rows) == 2
     assert q(store, "select count(*) from (select trial_id, iteration, phase from steps group by all having count(*) > 1)") == [(0,)]
+
+
+# ---------------------------------------------------------------- never a cluster merely found
+
+
+def _recorded(tmp_path, address: str) -> dict:
+    """An environment whose Ray temp folder records `address` as the latest `ray start`
+    cluster, as /tmp/ray/ray_current_cluster does on a machine where one was started
+    (a short path: Ray's socket names must fit in 107 bytes)."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="ssrec-", dir="/tmp")
+    os.makedirs(os.path.join(root, "ray"))
+    Path(root, "ray", "ray_current_cluster").write_text(address)
+    return {"RAY_TMPDIR": root, "RAY_AUTH_MODE": "token"}
+
+
+@pytest.mark.parametrize("record", ["live", "dead"])
+def test_run_without_an_address_starts_its_own_cluster(record, local_cluster, write_spec, stepscope, tmp_path):
+    """Without --address and RAY_ADDRESS, `run` starts its own local Ray and says so, whatever
+    the machine records: a live foreign cluster (the local cluster, with its fake GPUs) is not
+    joined, and a dead one's record (nothing listens on port 1) costs no wait."""
+    import shutil
+
+    address = local_cluster.address if record == "live" else "127.0.0.1:1"
+    env = _recorded(tmp_path, address)
+    spec = write_spec("name: own\nfixed: {iterations: 2, warmup: 0, batch_size: 4}\ngrid: {workload: [mlp]}\n")
+    try:
+        t0 = time.monotonic()
+        proc = stepscope("run", spec, "--store", str(tmp_path / "s"), env=env, timeout=180, check_rc=0)
+        took = time.monotonic() - t0
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    started = next(ln for ln in proc.stderr.splitlines() if ln.startswith("sweep "))
+    assert "embedded local Ray at " in started and address not in started, started
+    assert "1 node, " in started and "no GPUs" in started, started  # not the 3-node cluster with A100 and H100
+    assert q(tmp_path / "s", "select status from trials") == [("ok",)]
+    assert took < 120, f"{took:.0f} s"
+    foreign = set(node_types(local_cluster))
+    assert not foreign & {n for (n,) in q(tmp_path / "s", "select node_id from trials")}
