@@ -34,7 +34,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # the stepscope package of this checkout (src/stepscope links to the folders)
 
 TOLERANCE = 0.05
 GPU_TEST_FILES = ("test_device.py", "test_peaks.py", "test_runner.py")  # where the `gpu` tests are
@@ -87,7 +87,7 @@ def run_gpu_tests() -> tuple[bool, str]:
 
 def run_trials(workdir: Path, store: Path, device: str, quick: bool) -> list[str]:
     failures = []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     for name, text in specs(device, quick).items():
         path = workdir / name
         path.write_text(text)

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))  # the stepscope package of this checkout (src/stepscope links to the folders)
 
 SPEC = """
 name: sched-{isolation}

@@ -16,7 +16,7 @@ import click
 
 from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator.output import output_options, render
-from stepscope.orchestrator.spec import SpecError, SweepSpec, load_spec
+from stepscope.orchestrator.spec import SpecError, SweepSpec, load_spec, search_paths
 from stepscope.workloads.params import COMMON_PARAMS
 from stepscope.workloads.registry import BUILTINS, find_custom_module, is_custom
 from stepscope.workloads.storage.schema import TrialStatus
@@ -88,6 +88,7 @@ def plan(spec_path: str) -> None:
 
     spec = load_spec(spec_path)
     trials = expand(spec)
+    _check_custom_workloads(spec, trials)  # found on the filesystem, never imported
     varying = [k for k, _ in spec.grid]
     each = " per GPU type the cluster has when the sweep starts (gpus: each)" if spec.gpus_each else ""
     click.echo(f"{spec.name}: {len(trials)} trial{'s' if len(trials) != 1 else ''}{each} (isolation: {spec.isolation})")
@@ -173,8 +174,6 @@ def _duration(seconds: float | None) -> str:
 
 
 def _check_custom_workloads(spec: SweepSpec, trials) -> None:
-    from stepscope.orchestrator.scheduler import search_paths
-
     for name in sorted({t.params["workload"] for t in trials if is_custom(t.params["workload"])}):
         if not find_custom_module(name, search_paths(spec)):
             raise SpecError(
@@ -207,7 +206,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
     """
     from stepscope.orchestrator.grid import expand
     from stepscope.orchestrator.resume import pick_sweep
-    from stepscope.orchestrator.scheduler import Session, plan_trials, run_sweep, search_paths
+    from stepscope.orchestrator.scheduler import Session, plan_trials, run_sweep
 
     spec = load_spec(spec_path)
     _check_custom_workloads(spec, expand(spec))
@@ -276,7 +275,6 @@ def submit(spec_path: str, address: str | None, store: str | None, trial_timeout
     """
     from stepscope.orchestrator import jobs
     from stepscope.orchestrator.grid import expand
-    from stepscope.orchestrator.scheduler import search_paths
 
     spec = load_spec(spec_path)
     trials = expand(spec)
@@ -405,7 +403,7 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
     """
     from stepscope.orchestrator.grid import expand
     from stepscope.orchestrator.resume import pick_sweep
-    from stepscope.orchestrator.scheduler import search_paths, sweep_row
+    from stepscope.orchestrator.scheduler import sweep_row
     from stepscope.workloads.measure.runner import run_trial
 
     spec = load_spec(spec_path)

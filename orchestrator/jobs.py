@@ -41,10 +41,10 @@ def jobs_address(address: str | None) -> str:
 def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
-    from stepscope.orchestrator.scheduler import _use_token_if_present
+    from stepscope.orchestrator.scheduler import use_token_if_present
 
     where = jobs_address(address)
-    _use_token_if_present(where)
+    use_token_if_present(where)
     try:
         return JobSubmissionClient(where)
     except (ConnectionError, RuntimeError, ValueError) as exc:

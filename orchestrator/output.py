@@ -98,4 +98,8 @@ def _json(v: object) -> object:
         return v.hex()
     if isinstance(v, int | float | str | bool) or v is None:
         return v
+    if isinstance(v, dict):  # a DuckDB struct or map, e.g. ok_trials.config
+        return {str(k): _json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):  # a DuckDB list
+        return [_json(x) for x in v]
     return str(v)

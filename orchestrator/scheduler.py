@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 
 from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator import cluster, forkserver
-from stepscope.orchestrator.spec import Isolation, SweepSpec
-from stepscope.workloads.measure.rows import version
+from stepscope.orchestrator.spec import Isolation, SweepSpec, search_paths  # noqa: F401 (re-exported)
 from stepscope.workloads.measure.runner import failed_row, run_trial
 from stepscope.workloads.registry import BUILTINS
-from stepscope.workloads.storage.schema import SCHEMA_VERSION, TrialStatus
+from stepscope.workloads.storage.schema import SCHEMA_VERSION, TrialStatus, version
 from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
@@ -128,19 +127,13 @@ def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None
     }
 
 
-def search_paths(spec: SweepSpec, cwd: str | None = None) -> list[str]:
-    """Where a custom workload module may sit: beside the spec, then the current directory."""
-    paths = [spec.directory, cwd or os.getcwd()]
-    return [p for p in paths if p]
-
-
 class Session:
     """A connection to Ray for one sweep: an embedded cluster or an existing one."""
 
     def __init__(self, address: str | None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         # Before Ray is imported: it reads its authentication settings early.
-        self.token = _use_token_if_present(self.address)
+        self.token = use_token_if_present(self.address)
         import ray
 
         self.ray = ray
@@ -177,7 +170,7 @@ class Session:
         return cluster.alive_nodes(self.ray)
 
 
-def _use_token_if_present(address: str | None) -> bool:
+def use_token_if_present(address: str | None) -> bool:
     """Ray turns token authentication on by itself only for an embedded cluster or
     `auto`; for an explicit address a driver must ask for it. When the user has a
     token (the way Ray looks for one) and has not chosen a mode, use it: a token

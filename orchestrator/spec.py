@@ -124,6 +124,12 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def search_paths(spec: SweepSpec, cwd: str | None = None) -> list[str]:
+    """Where a custom workload module may sit: beside the spec, then the current directory."""
+    paths = [spec.directory, cwd or os.getcwd()]
+    return [p for p in paths if p]
+
+
 def load_spec(path: str) -> SweepSpec:
     try:
         with open(path, encoding="utf-8") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+
+# `python -m pytest` puts the current directory, the repository's root, on sys.path, where
+# its folders would import by their bare names (`import workloads`) as they never do for a
+# user: stepscope imports as `stepscope` only. Take the root off, so that the tests see
+# what users see (a user's own `workloads` package is theirs, and an old-style import fails).
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != ROOT]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -111,6 +111,31 @@ def test_wheel_has_one_import_name_and_every_part(wheel):
     assert re.search(r"^stepscope = stepscope\.orchestrator\.cli:main$", scripts, re.M), scripts
 
 
+def test_a_wheel_built_from_the_sdist_is_the_same_wheel(wheel, tmp_path):
+    """The release path (`python -m build`: an sdist, then a wheel from it) must give the wheel
+    `pip wheel .` gives: an sdist has no symbolic links, so nothing may depend on them."""
+    import tarfile
+
+    sdist_dir = tmp_path / "sdist"
+    proc = subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(sdist_dir)],
+                          cwd=ROOT, capture_output=True, text=True, env=clean_env(), timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (sdist,) = sdist_dir.glob("stepscope-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        members = tar.getmembers()
+        assert not [m.name for m in members if m.issym()], "an sdist must not rely on links"
+        packaged = {m.name.split("/")[3] for m in members if m.name.count("/") >= 4 and "/src/stepscope/" in m.name}
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    assert {"orchestrator", "workloads", "analysis", "queries"} <= packaged
+    out = tmp_path / "from-sdist"
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    pip("wheel", str(unpacked), "--no-deps", "--no-build-isolation", "-q", "-w", str(out), cwd=tmp_path)
+    (rebuilt,) = out.glob("stepscope-*.whl")
+    def files(path):
+        return sorted(n for n in zipfile.ZipFile(path).namelist() if not n.endswith("RECORD"))
+    assert files(rebuilt) == files(wheel)
+
+
 def test_installed_copy_finds_its_queries_without_a_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

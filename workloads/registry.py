@@ -33,6 +33,9 @@ def _discover() -> dict[str, BuiltinInfo]:
 
 BUILTINS: dict[str, BuiltinInfo] = _discover()
 
+#: stepscope's import names before 0.1 gave it one (`from workloads import Workload`).
+_OLD_NAMES = frozenset({"workloads", "orchestrator", "analysis"})
+
 
 def is_custom(name: str) -> bool:
     return ":" in name
@@ -88,45 +91,60 @@ def resolve_params(raw: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def locate_module(name: str, search_paths: Iterable[str] = ()) -> str | None:
-    """Where a custom workload's top-level module is, without importing (running) it.
-
-    `name` is `module.path:function`; its first dotted part is looked up on
-    `search_paths` (beside the spec, then the current directory: see
-    `stepscope.orchestrator.scheduler.search_paths`), then on sys.path, as the worker
-    will import it. Returns the module's file, or a package's directory; None when
-    it cannot be found, or is built into the interpreter (there is no file to ship).
-    The one place that answers "where is this custom module": `plan`/`run` check with
-    it, `submit` ships what it names.
-    """
+def _top_level_places(name: str, search_paths: Iterable[str]) -> list[str] | None:
+    """The file of a custom workload's top-level module, or its package's directories
+    (a namespace package may have several); [] for one built into the interpreter
+    (no file); None when it is not found."""
     top = name.partition(":")[0].split(".")[0]
     with _extra_path(search_paths):
         try:
             spec = importlib.util.find_spec(top)
         except (ImportError, ValueError):
             return None
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:  # a package, regular or namespace
-        return next(iter(spec.submodule_search_locations), None)
-    return spec.origin if spec.origin and os.path.isfile(spec.origin) else None
+        if spec is None:
+            return None
+        if spec.submodule_search_locations is not None:
+            # Read now: a namespace package's path is recomputed from sys.path when iterated.
+            return list(spec.submodule_search_locations)
+    return [spec.origin] if spec.origin and os.path.isfile(spec.origin) else []
+
+
+def locate_module(name: str, search_paths: Iterable[str] = ()) -> str | None:
+    """Where a custom workload's top-level module is, without importing (running) it.
+
+    `name` is `module.path:function`; its first dotted part is looked up on
+    `search_paths` (beside the spec, then the current directory: see
+    `stepscope.orchestrator.spec.search_paths`), then on sys.path, as the worker
+    will import it. Returns the module's file, or a package's directory (a namespace
+    package's first); None when it cannot be found, or is built into the interpreter
+    (there is no file to ship). The one place that answers "where is this custom
+    module": `plan`/`run` check with it, `submit` ships what it names.
+    """
+    places = _top_level_places(name, search_paths)
+    return places[0] if places else None
 
 
 def find_custom_module(name: str, search_paths: Iterable[str]) -> bool:
     """True when a custom workload's module can be found: its top-level module
-    (`locate_module`), then each further dotted part as a subpackage or a `.py` file
-    in it, read from the filesystem (nothing is imported, so nothing runs)."""
-    where = locate_module(name, search_paths)
-    if where is None:
+    (`locate_module`), then each further dotted part as a subpackage or a module file
+    in it (in any of a namespace package's directories), read from the filesystem:
+    nothing is imported, so nothing runs."""
+    places = _top_level_places(name, search_paths)
+    if not places:
         return False
     for part in name.partition(":")[0].split(".")[1:]:
-        if not os.path.isdir(where):
-            return False  # a plain module has no submodules
-        package = os.path.join(where, part)
-        modules = [f"{package}{suffix}" for suffix in importlib.machinery.all_suffixes()]  # .py, .so, ...
-        where = package if os.path.isdir(package) else next((m for m in modules if os.path.isfile(m)), None)
-        if where is None:
+        found = []
+        for where in places:
+            if not os.path.isdir(where):
+                continue  # a plain module has no submodules
+            package = os.path.join(where, part)
+            modules = [f"{package}{suffix}" for suffix in importlib.machinery.all_suffixes()]  # .py, .so, ...
+            if os.path.isdir(package):
+                found.append(package)
+            found += [m for m in modules if os.path.isfile(m)][:1]
+        if not found:
             return False
+        places = found
     return True
 
 
@@ -140,7 +158,15 @@ def load_builder(name: str, search_paths: Iterable[str] = ()) -> Callable:
     module_name, _, func = name.partition(":")
     # Kept on sys.path for good: the module may import its neighbours lazily.
     sys.path[:0] = [p for p in search_paths if p and p not in sys.path]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name in _OLD_NAMES:  # a workload written for stepscope before it had one import name
+            raise type(exc)(
+                f"{exc}; stepscope's modules import as stepscope.{exc.name}: write `from stepscope import Workload`",
+                name=exc.name,
+            ) from exc
+        raise
     try:
         return getattr(module, func)
     except AttributeError:

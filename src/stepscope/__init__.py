@@ -16,4 +16,13 @@ Importing this package imports neither torch nor Ray.
 from stepscope.errors import StepscopeError
 from stepscope.workloads.api import Workload
 
-__all__ = ["StepscopeError", "Workload"]
+__all__ = ["StepscopeError", "Workload", "__version__"]
+
+
+def __getattr__(name: str) -> str:
+    # `stepscope.__version__`, read from the installed metadata only when asked for.
+    if name == "__version__":
+        from stepscope.workloads.storage.schema import version
+
+        return version()
+    raise AttributeError(f"module 'stepscope' has no attribute {name!r}")

@@ -106,3 +106,18 @@ def test_trial_of_a_gpus_each_spec_needs_its_type(cli_runner, write_spec, tmp_pa
     want = expand(load_spec(spec), ["H100"])[0].trial_id  # the id `run` gives it on an H100
     out = cli_runner("sql", "select trial_id, gpu from trials", "--store", str(tmp_path / "s"), "--format", "csv")
     assert out.output.splitlines()[1] == f"{want},H100"
+
+
+def test_plan_refuses_a_custom_module_it_cannot_find(cli_runner, write_spec, tmp_path):
+    (tmp_path / "workloads").mkdir()
+    (tmp_path / "workloads" / "__init__.py").write_text("")
+    (tmp_path / "workloads" / "mine.py").write_text("def build(params): ...\n")
+    spec = write_spec("name: typo\ngrid:\n  workload: ['workloads.mien:build']\n")
+    result = cli_runner("plan", spec)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"Error: {spec}: workload: cannot find module 'workloads.mien' beside the spec, "
+        "in the current directory or on PYTHONPATH"
+    )
+    ok = write_spec("name: fine\ngrid:\n  workload: ['workloads.mine:build']\n", name="fine.yaml")
+    assert cli_runner("plan", ok).exit_code == 0

@@ -7,8 +7,7 @@ import os
 
 from stepscope.orchestrator.grid import expand
 from stepscope.orchestrator.jobs import module_files, staged
-from stepscope.orchestrator.scheduler import search_paths
-from stepscope.orchestrator.spec import load_spec
+from stepscope.orchestrator.spec import load_spec, search_paths
 
 
 def _project(tmp_path):

@@ -19,22 +19,12 @@ from stepscope.workloads.measure.records import (
     NvmlIdentity,
 )
 from stepscope.workloads.measure.timing import phase_ms
-from stepscope.workloads.storage.schema import PHASES, SCHEMA_VERSION, TrialStatus
+from stepscope.workloads.storage.schema import PHASES, SCHEMA_VERSION, TrialStatus, version
 from stepscope.workloads.trial import Trial
 
 #: The DeviceFacts fields that are `trials` columns, in DeviceFacts' order.
 TRIAL_DEVICE_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceFacts) if f.name not in DEVICE_ONLY_FIELDS)
 _NO_FACTS = {name: None for name in TRIAL_DEVICE_FIELDS}
-
-
-def version() -> str:
-    """The installed stepscope's version (`stepscope_version` columns)."""
-    try:
-        from importlib.metadata import version as _v
-
-        return _v("stepscope")
-    except Exception:
-        return "0+unknown"
 
 
 def now() -> dt.datetime:

@@ -25,6 +25,16 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
+
+def version() -> str:
+    """The installed stepscope's version, as the `stepscope_version` columns record it."""
+    try:
+        from importlib.metadata import version as _v
+
+        return _v("stepscope")
+    except Exception:  # not installed (a bare checkout on sys.path)
+        return "0+unknown"
+
 #: The phases of every step, in order (the README's "What it measures"). zero_grad belongs to `optimizer`.
 PHASES: tuple[str, ...] = ("data", "to_device", "forward", "loss", "backward", "optimizer")
 
