@@ -107,8 +107,30 @@ def run_query(
     return _execute(con, query.path.read_text(encoding="utf-8"), bind(query, params or {}))
 
 
+#: Statement types `stepscope sql` refuses: they write, attach, load or reconfigure, and the
+#: store is a read-only window (a query, EXPLAIN, a view or macro in memory are fine).
+REFUSED_STATEMENTS = frozenset(
+    {"COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "DETACH", "LOAD", "EXTENSION", "SET", "VACUUM"}
+)
+
+
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> Result:
-    """Run ad hoc SQL against the views."""
+    """Run ad hoc SQL against the views: read-only (see `REFUSED_STATEMENTS`, and
+    `stepscope.analysis.warehouse` for the files a connection may read).
+
+    Raises QueryError for SQL with no statement, a refused statement, or DuckDB's error.
+    """
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from None
+    if not statements:
+        raise QueryError("sql: no statement to run (empty, or only comments); give a query such as "
+                         "\"select * from trials limit 5\"")
+    refused = sorted({s.type.name for s in statements} & REFUSED_STATEMENTS)
+    if refused:
+        raise QueryError(f"sql: {', '.join(refused)} statements are refused: `stepscope sql` is a read-only "
+                         "window on the store; use select (export results with --format csv)")
     return _execute(con, sql, None)
 
 

@@ -50,7 +50,25 @@ def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
         union = f" union all by name select * from {files}" if files else ""
         con.execute(f"create view raw_{table} as select * from _empty_{table}{union}")
     con.execute(views_sql())
+    _read_only(con, root)
     return con
+
+
+def _read_only(con: duckdb.DuckDBPyConnection, root: str | None) -> None:
+    """Let this connection read the store and nothing else on the host.
+
+    DuckDB's `enable_external_access = false` refuses every file outside
+    `allowed_directories` (reading /etc/passwd, COPY ... TO, ATTACH, INSTALL, EXPORT);
+    a local store's directory is the one allowed (its views read it lazily, so files
+    written after `connect` still show); a URI store's files are read through pyarrow,
+    so none is. `lock_configuration` keeps a statement from turning it back on.
+    Writing *into* the store (COPY ... TO inside it) is refused by statement type in
+    `stepscope.analysis.queries.run_sql`.
+    """
+    allowed = [os.path.join(root, "")] if root is not None else []
+    con.execute(f"set allowed_directories = [{', '.join(map(_sql_string, allowed))}]")
+    con.execute("set enable_external_access = false")
+    con.execute("set lock_configuration = true")
 
 
 def _local_files(root: str, table: str) -> str | None:

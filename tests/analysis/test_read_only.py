@@ -1,0 +1,87 @@
+"""`stepscope sql` and `stepscope query` are a read-only window on the store (issue 8, item 3):
+no statement writes or deletes a file, attaches a database, installs an extension or reads a
+file outside the store. Each refusal is one line and exit code 2, and nothing is written."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from stepscope.analysis.queries import QueryError, run_query, run_sql
+from stepscope.analysis.warehouse import connect
+
+
+@pytest.fixture
+def filled(store, write):
+    write.sweep("s1")
+    write.trial("s1", "t1", {"forward": [1.0, 2.0]}, 0)
+    return store
+
+
+def _outside(tmp_path) -> str:
+    path = tmp_path / "outside.txt"
+    path.write_text("a secret on the host\n")
+    return str(path)
+
+
+def attacks(store_root: str, outside: str) -> dict[str, str]:
+    return {
+        "copy out": f"copy (select 42 as a) to '{outside}.csv'",
+        "copy into the store": f"copy (select 42 as a) to '{store_root}/trials/sweep_id=s1/evil.parquet' (format parquet)",
+        "export": f"export database '{store_root}/exported'",
+        "attach": f"attach '{store_root}/x.duckdb'",
+        "install": "install httpfs",
+        "load": "load httpfs",
+        "read a host file": f"select * from read_csv('{outside}')",
+        "read_text": f"select * from read_text('{outside}')",
+        "read /etc/passwd": "select * from read_csv('/etc/passwd')",
+        "glob the host": "select * from glob('/etc/*')",
+        "reconfigure": "set enable_external_access = true",
+        "two statements, one bad": f"select 1; copy (select 1) to '{outside}.2.csv'",
+    }
+
+
+def _files(root: str) -> set[str]:
+    return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs}
+
+
+@pytest.mark.parametrize("attack", list(attacks("/s", "/o")))
+def test_every_attack_is_refused_and_writes_nothing(attack, filled, tmp_path):
+    outside = _outside(tmp_path)
+    before = _files(filled.local_root) | _files(str(tmp_path))
+    con = connect(filled)
+    with pytest.raises(QueryError):
+        run_sql(con, attacks(filled.local_root, outside)[attack])
+    assert _files(filled.local_root) | _files(str(tmp_path)) == before
+    # the window still works after a refusal
+    assert run_sql(con, "select count(*) as n from trials") == (["n"], [(1,)])
+
+
+def test_the_store_and_the_named_queries_still_read(filled):
+    con = connect(filled)
+    assert run_sql(con, "select trial_id from trials") == (["trial_id"], [("t1",)])
+    assert run_sql(con, "select count(*) from read_parquet('" + filled.local_root + "/trials/*/*.parquet')")[1] == [(1,)]
+    run_sql(con, "create view mine as select 42 as answer")  # in memory: harmless
+    assert run_sql(con, "select * from mine") == (["answer"], [(42,)])
+    columns, result = run_query(con, "trials")
+    assert "trial_id" in columns and [r[columns.index("trial_id")] for r in result] == ["t1"]
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "-- only a comment", "/* nothing */"])
+def test_sql_with_no_statement_gets_a_clean_message(sql, filled):
+    with pytest.raises(QueryError, match=r"^sql: no statement to run"):
+        run_sql(connect(filled), sql)
+
+
+def test_the_cli_refuses_in_one_line_with_exit_2(cli_runner, filled, tmp_path):
+    outside = _outside(tmp_path)
+    result = cli_runner("sql", f"copy (select 1) to '{outside}.csv'", "--store", filled.local_root)
+    assert result.exit_code == 2 and not os.path.exists(outside + ".csv")
+    assert result.output.strip() == (
+        "Error: sql: COPY statements are refused: `stepscope sql` is a read-only window on the store; "
+        "use select (export results with --format csv)"
+    )
+    result = cli_runner("sql", f"select * from read_csv('{outside}')", "--store", filled.local_root)
+    assert result.exit_code == 2 and "secret" not in result.output
+    assert result.output.startswith("Error: Permission Error: Cannot access file") and len(result.output.strip().splitlines()) == 1
