@@ -104,7 +104,20 @@ def run_query(
 ) -> Result:
     """Run the named query with `params` (missing ones take their defaults)."""
     query = get_query(name)
-    return _execute(con, query.path.read_text(encoding="utf-8"), bind(query, params or {}))
+    values = bind(query, params or {})
+    _check_sweep(con, query, values.get("sweep"))
+    return _execute(con, query.path.read_text(encoding="utf-8"), values)
+
+
+def _check_sweep(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str | None) -> None:
+    """`-p sweep=ID` must name a sweep of the store: an unknown one is an error, not no rows."""
+    if sweep is None or sweep in ("latest", "all"):
+        return
+    known = [r[0] for r in con.execute("select sweep_id from sweeps order by created_at desc, sweep_id").fetchall()]
+    if sweep not in known:
+        shown = ", ".join(known[:10]) + (f" (and {len(known) - 10} more)" if len(known) > 10 else "") if known else "none"
+        raise QueryError(f"query {query.name}: -p sweep={sweep}: no such sweep in the store; use latest, all, "
+                         f"or one of: {shown}")
 
 
 #: Statement types `stepscope sql` refuses: they write, attach, load or reconfigure, and the
@@ -150,8 +163,18 @@ def bind(query: QueryInfo, params: dict[str, str]) -> dict[str, str]:
             raise QueryError(
                 f"query {query.name}: missing parameter {p.name!r}; give it with -p {p.name}=VALUE"
             )
+        if p.default is not None and _is_number(p.default) and not _is_number(str(value)):
+            raise QueryError(f"query {query.name}: -p {p.name}={value}: expected a number, like its default {p.default}")
         values[p.name] = str(value)
     return values
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str] | None) -> Result:

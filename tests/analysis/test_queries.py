@@ -278,12 +278,18 @@ def two_sweeps(store, write, rows):
         ({"sweep": "latest"}, {"a-new"}),
         ({"sweep": "all"}, {"a-new", "z-old"}),
         ({"sweep": "z-old"}, {"z-old"}),
-        ({"sweep": "no-such-sweep"}, set()),
     ],
 )
 def test_the_sweep_parameter(two_sweeps, name, params, sweeps):
     got = records(run_query(two_sweeps, name, params))
     assert {r["sweep_id"] for r in got} == sweeps
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_an_unknown_sweep_is_an_error_not_an_empty_answer(two_sweeps, name):
+    # Issue 8, item 6: it used to return no rows with exit 0.
+    with pytest.raises(QueryError, match=rf"^query {name}: -p sweep=no-such-sweep: no such sweep in the store"):
+        run_query(two_sweeps, name, {"sweep": "no-such-sweep"})
 
 
 def test_queries_over_an_empty_store_return_no_rows_but_their_columns(store):

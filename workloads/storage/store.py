@@ -32,8 +32,14 @@ class StoreError(StepscopeError, RuntimeError):
 
 
 def resolve_store(store: str | None) -> str:
-    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (the README's "Running sweeps")."""
-    return store or os.environ.get("STEPSCOPE_STORE") or DEFAULT_STORE
+    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (the README's "Running sweeps").
+
+    An empty `--store ""` is an error (StoreError), never the default in disguise."""
+    if store is not None:
+        if not store.strip():
+            raise StoreError('--store: empty store location; give a directory or a URI (or leave --store out)')
+        return store
+    return os.environ.get("STEPSCOPE_STORE") or DEFAULT_STORE
 
 
 def is_uri(location: str) -> bool:
