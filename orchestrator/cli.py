@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -421,12 +422,20 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
         st.write_sweep(sweep_row(spec, chosen.sweep_id, len(trials), None))
     t = trials[index]
     click.echo(f"sweep {chosen.sweep_id}: trial {index} {t.label} [{t.trial_id}]", err=True)
+    threads_before = set(threading.enumerate())
     row = run_trial(t, chosen.sweep_id, st, search_paths=search_paths(spec))
     if row["status"] == "ok":
         click.echo(f"ok: {row['samples_per_s']:,.1f} samples/s on {row['device_name']} ({row['device_kind']})")
     else:
         click.echo(f"{row['status']}: {row['error']}")
-    sys.exit(EXIT_OK if TrialStatus(row["status"]).is_result else EXIT_TRIALS_FAILED)
+    code = EXIT_OK if TrialStatus(row["status"]).is_result else EXIT_TRIALS_FAILED
+    if any(th.is_alive() and not th.daemon for th in set(threading.enumerate()) - threads_before):
+        # The rows are written; a thread the workload started and left running must not keep
+        # this process alive (Python waits for non-daemon threads at exit), so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 # ---------------------------------------------------------------- workloads

@@ -54,7 +54,9 @@ def run_trial(
     status, error = TrialStatus.OK, None
     try:
         _run(trial, measured, list(search_paths))
-    except Exception as exc:  # the trial's own failure becomes its row
+    # The trial's own failure becomes its row; so does a workload calling sys.exit() (SystemExit
+    # is no Exception). KeyboardInterrupt still stops the process: Ctrl-C belongs to the user.
+    except (Exception, SystemExit) as exc:
         status = TrialStatus.OOM if _is_oom(exc) else TrialStatus.FAILED
         error = _describe_error(exc)
     trial_row = rows.trial_row(trial, sweep_id, measured, status, error, started, node_id, attempt, pid=os.getpid())
@@ -221,4 +223,7 @@ def _describe_error(exc: BaseException) -> str:
     """The exception and where in the workload it came from, compactly."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
-    return one_line(exc, limit=2000 - len(where)) + where
+    text = one_line(exc, limit=2000 - len(where)) + where
+    # Parquet strings are UTF-8: a message holding lone surrogates (bytes decoded with
+    # surrogateescape, a C library's text) is kept readable instead of failing the write.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
