@@ -24,6 +24,7 @@ views.sql (staging: the stored tables renamed and cast) and intermediate.sql
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +48,27 @@ _PARAM = re.compile(
 )
 
 Result = tuple[list[str], list[tuple]]
+#: Rows per batch when a result streams: small enough for any row width, large enough that
+#: the per-batch cost (a DuckDB fetch, a write) is noise.
+BATCH_ROWS = 10_000
 
 
 class QueryError(StepscopeError, RuntimeError):
     """A query cannot be found, bound or run. The message is for the user as it stands;
     for an SQL error it is DuckDB's own (which may span lines: LINE 1 and a caret)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """A result that streams: its column names, and its rows in batches of at most
+    `BATCH_ROWS`, fetched from DuckDB as they are read (so memory stays bounded whatever
+    the row count). A DuckDB error while fetching raises QueryError from the iteration."""
+
+    columns: list[str]
+    batches: Iterator[list[tuple]]
+
+    def collect(self) -> Result:
+        return self.columns, [row for batch in self.batches for row in batch]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +120,13 @@ def run_query(
     con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None
 ) -> Result:
     """Run the named query with `params` (missing ones take their defaults)."""
+    return stream_query(con, name, params).collect()
+
+
+def stream_query(
+    con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None
+) -> Rows:
+    """`run_query`, its rows streamed."""
     query = get_query(name)
     values = bind(query, params or {})
     _check_sweep(con, query, values.get("sweep"))
@@ -120,19 +144,40 @@ def _check_sweep(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str | 
                          f"or one of: {shown}")
 
 
-#: Statement types `stepscope sql` refuses: they write, attach, load or reconfigure, and the
-#: store is a read-only window (a query, EXPLAIN, a view or macro in memory are fine).
-REFUSED_STATEMENTS = frozenset(
-    {"COPY", "COPY_DATABASE", "EXPORT", "ATTACH", "DETACH", "LOAD", "EXTENSION", "SET", "VACUUM"}
-)
+#: Statement types `stepscope sql` runs: reading, and what lives in this command's in-memory
+#: database (views, macros, tables). Anything else (COPY, EXPORT, ATTACH, DETACH, INSTALL, LOAD,
+#: SET, VACUUM, and types DuckDB adds later) is refused: the store is a read-only window.
+#: EXPLAIN and PREPARE are run only when the statement they wrap is allowed itself
+#: (EXPLAIN ANALYZE runs it). Reading files is bounded apart, by the connection's settings
+#: (`stepscope.analysis.warehouse._read_only`).
+ALLOWED_STATEMENTS = frozenset({
+    "SELECT", "EXPLAIN", "PREPARE", "EXECUTE", "CREATE", "CREATE_FUNC", "DROP", "ALTER", "INSERT", "UPDATE",
+    "DELETE", "MERGE_INTO", "PRAGMA", "CALL", "TRANSACTION", "ANALYZE", "VARIABLE_SET",
+})
+#: EXPLAIN [ANALYZE] [(options)] <statement>; PREPARE name [(types)] AS <statement>.
+_WRAPPER = {
+    "EXPLAIN": re.compile(r"explain(?:\s+analyze)?(?:\s*\([^)]*\))?\s+(?P<inner>.*)", re.I | re.S),
+    "PREPARE": re.compile(r"prepare\s+(?:\"[^\"]*\"|\w+)\s*(?:\([^)]*\))?\s*as\s+(?P<inner>.*)", re.I | re.S),
+}
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> Result:
-    """Run ad hoc SQL against the views: read-only (see `REFUSED_STATEMENTS`, and
+    """Run ad hoc SQL against the views: read-only (see `ALLOWED_STATEMENTS`, and
     `stepscope.analysis.warehouse` for the files a connection may read).
 
     Raises QueryError for SQL with no statement, a refused statement, or DuckDB's error.
     """
+    return stream_sql(con, sql).collect()
+
+
+def stream_sql(con: duckdb.DuckDBPyConnection, sql: str) -> Rows:
+    """`run_sql`, its rows streamed."""
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes from argv that are not UTF-8 arrive as lone surrogates
+        raise QueryError(f"sql: the text is not valid UTF-8 (at character {exc.start + 1}); "
+                         "write the query in UTF-8") from None
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -140,11 +185,30 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> Result:
     if not statements:
         raise QueryError("sql: no statement to run (empty, or only comments); give a query such as "
                          "\"select * from trials limit 5\"")
-    refused = sorted({s.type.name for s in statements} & REFUSED_STATEMENTS)
+    refused = sorted(set().union(*(_refused(con, st) for st in statements)))
     if refused:
         raise QueryError(f"sql: {', '.join(refused)} statements are refused: `stepscope sql` is a read-only "
                          "window on the store; use select (export results with --format csv)")
     return _execute(con, sql, None)
+
+
+def _refused(con: duckdb.DuckDBPyConnection, statement, depth: int = 0) -> set[str]:
+    """The statement types in `statement` (and in what an EXPLAIN or PREPARE wraps) that
+    `ALLOWED_STATEMENTS` does not allow."""
+    kind = statement.type.name
+    if kind not in ALLOWED_STATEMENTS:
+        return {kind}
+    wrapper = _WRAPPER.get(kind)
+    if wrapper is None:
+        return set()
+    match = wrapper.match(_LEADING_COMMENTS.sub("", statement.query, count=1))
+    if match is None or depth > 4:
+        return {f"{kind} (of a statement it cannot check)"}
+    try:
+        inner = con.extract_statements(match["inner"])
+    except duckdb.Error:
+        return {f"{kind} (of a statement it cannot check)"}
+    return set().union(set(), *(_refused(con, st, depth + 1) for st in inner))
 
 
 def bind(query: QueryInfo, params: dict[str, str]) -> dict[str, str]:
@@ -177,15 +241,39 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str] | None) -> Result:
+def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str] | None) -> Rows:
     try:
         cursor = con.execute(sql, params) if params else con.execute(sql)
-        if cursor.description is None:  # a statement that returns no rows (create, set ...)
-            return [], []
-        columns = [d[0] for d in cursor.description]
-        return columns, cursor.fetchall()
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from None
+    except RuntimeError as exc:
+        _reraise_interrupt(exc)
+        raise
+    if cursor.description is None:  # a statement that returns no rows (create, set ...)
+        return Rows([], iter(()))
+    return Rows([d[0] for d in cursor.description], _batches(cursor))
+
+
+def _batches(cursor: duckdb.DuckDBPyConnection) -> Iterator[list[tuple]]:
+    # DuckDB streams a result: each fetch runs the query as far as that batch needs.
+    while True:
+        try:
+            batch = cursor.fetchmany(BATCH_ROWS)
+        except duckdb.Error as exc:  # e.g. a cast that fails on a row far down
+            raise QueryError(str(exc)) from None
+        except RuntimeError as exc:
+            _reraise_interrupt(exc)
+            raise
+        if not batch:
+            return
+        yield batch
+
+
+def _reraise_interrupt(exc: RuntimeError) -> None:
+    """DuckDB answers Ctrl-C during a query with RuntimeError("Query interrupted"): it is
+    the user's interrupt, so it becomes KeyboardInterrupt again."""
+    if str(exc) == "Query interrupted":
+        raise KeyboardInterrupt from None
 
 
 def _describe(path: Path) -> QueryInfo:

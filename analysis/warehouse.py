@@ -6,51 +6,64 @@ UNION ALL BY NAME an empty relation of the current schema, so every column is
 there with its type even when no file has it yet (an older file, an empty
 store). The views then rename and cast from those.
 
-A local store is read by DuckDB itself, through a glob, so files written after
-`connect` show up too. A URI store (s3://...) is read through the store's
-pyarrow filesystem as a `pyarrow.dataset` over the files listed at `connect`:
-DuckDB's httpfs extension is not something we can count on.
+Which files are read is decided once, at `connect`, by the rule every reader
+shares (`stepscope.workloads.storage.layout`): files written later need a new
+connection. A local store's files are read by DuckDB itself (read_parquet over the
+listed files); a URI store's (s3://...) through the store's pyarrow filesystem as a
+`pyarrow.dataset`: DuckDB's httpfs extension is not something we can count on.
 """
 
 from __future__ import annotations
 
-import glob
 import os
+import warnings
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from stepscope.analysis.queries import views_sql
+from stepscope.workloads.storage.layout import StoreWarning, describe_skipped
 from stepscope.workloads.storage.schema import TABLES
 from stepscope.workloads.storage.store import Store, StoreError
-
-_GLOB_CHARS = frozenset("*?[]{}")
 
 
 def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB connection with the views `sweeps`, `trials`, `steps`,
     `devices`, and `ok_trials`, `measured_steps`, `step_totals` built on them, over
-    `store`. A store that does not exist yet gives empty views."""
+    `store`. A store that does not exist yet gives empty views.
+
+    The views read the files `Store.table_files` lists when `connect` is called (the
+    rule every reader shares, in `stepscope.workloads.storage.layout`): a file that
+    does not fit the store is skipped with a `StoreWarning` naming it (at most a few
+    lines, then a count). Raises StoreError for a store that is a file or a table
+    folder that cannot be listed.
+    """
     store = store if isinstance(store, Store) else Store(store)
     root = store.local_root
     if root is not None and os.path.exists(root) and not os.path.isdir(root):
         raise StoreError(
             f"--store {store.location}: is a file, not a directory; give a store directory or a URI"
         )
+    listings = {table: store.table_files(table) for table in TABLES}
     con = duckdb.connect(":memory:")
     con.execute("set TimeZone = 'UTC'")  # timestamps print the same on every machine
     for table, schema in TABLES.items():
         con.register(f"_empty_{table}", schema.empty_table())
-        if root is not None:
-            files = _local_files(root, table)
+        files = listings[table].files
+        if not files:
+            source = None
+        elif root is not None:
+            source = _local_files(files)
         else:
-            files = _dataset_files(con, store, table)
-        union = f" union all by name select * from {files}" if files else ""
+            source = _dataset_files(con, store, table, files)
+        union = f" union all by name select * from {source}" if source else ""
         con.execute(f"create view raw_{table} as select * from _empty_{table}{union}")
     con.execute(views_sql())
     _read_only(con, root)
+    skipped = [s for listing in listings.values() for s in listing.skipped]
+    for line in describe_skipped(skipped):
+        warnings.warn(StoreWarning(line), stacklevel=2)
     return con
 
 
@@ -71,16 +84,10 @@ def _read_only(con: duckdb.DuckDBPyConnection, root: str | None) -> None:
     con.execute("set lock_configuration = true")
 
 
-def _local_files(root: str, table: str) -> str | None:
-    """A read_parquet() call over the table's files, or None when it has none yet."""
-    table_dir = os.path.join(root, table)
-    files = sorted(glob.glob(os.path.join(glob.escape(table_dir), "*", "*.parquet")))
-    if not files:
-        return None  # read_parquet() refuses a pattern that matches nothing
-    if _GLOB_CHARS.isdisjoint(table_dir):
-        paths = _sql_string(os.path.join(table_dir, "*", "*.parquet"))
-    else:  # the directory itself would read as a pattern: name the files instead
-        paths = "[" + ", ".join(map(_sql_string, files)) + "]"
+def _local_files(files: tuple[str, ...]) -> str:
+    """A read_parquet() call over exactly these files: named one by one, never a glob,
+    so hidden files and a store path with glob characters read like any other."""
+    paths = "[" + ", ".join(map(_sql_string, files)) + "]"
     # sweep_id is a column of every file, so the hive directory names are not needed.
     return f"read_parquet({paths}, union_by_name = true, hive_partitioning = false)"
 
@@ -89,32 +96,11 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _dataset_files(con: duckdb.DuckDBPyConnection, store: Store, table: str) -> str | None:
-    """Register the table's files as a pyarrow dataset; its name, or None when it has none."""
-    fs, root = store.filesystem()
-    base = f"{root}/{table}"
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    try:
-        infos = fs.get_file_info(selector)
-    except OSError as exc:
-        raise StoreError(f"--store {store.location}: {exc}") from None
-    paths = sorted(info.path for info in infos if _is_data_file(info, base))
-    if not paths:
-        return None
+def _dataset_files(con: duckdb.DuckDBPyConnection, store: Store, table: str, files: tuple[str, ...]) -> str:
+    """Register these files of a URI store as a pyarrow dataset; its name."""
+    fs, _ = store.filesystem()
     # Every field nullable: a file from an older schema lacks some, and reads as null there.
     schema = pa.schema([field.with_nullable(True) for field in TABLES[table]])
-    dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=fs)
+    dataset = ds.dataset(list(files), schema=schema, format="parquet", filesystem=fs)
     con.register(f"_files_{table}", dataset)
     return f"_files_{table}"
-
-
-def _is_data_file(info: pafs.FileInfo, base: str) -> bool:
-    """<table>/<partition>/<name>.parquet, not a hidden temporary file."""
-    relative = info.path[len(base) :].lstrip("/")
-    name = relative.rsplit("/", 1)[-1]
-    return (
-        info.type == pafs.FileType.File
-        and relative.count("/") == 1
-        and name.endswith(".parquet")
-        and not name.startswith(".")
-    )

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the stepscope package of this checkout (src/stepscope links to the folders)
 
 TOLERANCE = 0.05
-GPU_TEST_FILES = ("test_device.py", "test_peaks.py", "test_runner.py")  # where the `gpu` tests are
+GPU_TEST_FILES = ("test_device.py", "test_peaks.py", "test_runner.py", "test_losses.py")  # where the `gpu` tests are
 NEEDED = {"torch": "torch", "pyarrow": "pyarrow", "click": "click", "yaml": "pyyaml"}
 
 

@@ -7,23 +7,36 @@ Ray and torch are imported only by the commands that need them.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
 import time
 import traceback
+import warnings
 
 import click
 
 from stepscope.errors import StepscopeError, one_line
-from stepscope.orchestrator.output import output_options, render
-from stepscope.orchestrator.spec import SpecError, SweepSpec, load_spec, search_paths
+from stepscope.orchestrator.output import output_options, write_rows
+from stepscope.orchestrator.spec import (
+    SpecError,
+    SweepSpec,
+    check_gpu_label,
+    check_sweep_id,
+    load_spec,
+    search_paths,
+)
 from stepscope.workloads.params import COMMON_PARAMS
 from stepscope.workloads.registry import BUILTINS, find_custom_module, is_custom
+from stepscope.workloads.storage.layout import StoreWarning
 from stepscope.workloads.storage.schema import TrialStatus
 from stepscope.workloads.storage.store import Store, StoreError, resolve_store
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Whoever read our output stopped (`stepscope sql ... | head -1`): exit quietly, with the
+#: status a shell reports for a tool that SIGPIPE ended (128 + 13), as `yes | head -1` does.
+EXIT_BROKEN_PIPE = 141
 
 store_option = click.option(
     "--store",
@@ -39,9 +52,18 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                warnings.simplefilter("always", StoreWarning)
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: stopped by the user, as a shell reports it
+            click.echo("Interrupted.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # the one boundary where errors become messages
             if (ctx.obj or {}).get("debug"):
                 traceback.print_exc()
@@ -50,6 +72,21 @@ class _Group(click.Group):
                 ctx.exit(EXIT_USAGE)
             click.echo(f"Error: unexpected {one_line(exc)} (rerun with --debug for a traceback)", err=True)
             ctx.exit(EXIT_TRIALS_FAILED)
+
+
+def _stdout_to_devnull() -> None:
+    """Nobody reads stdout any more: point it at /dev/null, so that what is still buffered
+    (flushed at exit) raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no file descriptor (a test's captured stdout)
+        pass
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library warning is one `Warning: ...` line on stderr, as errors are."""
+    click.echo(f"Warning: {one_line(message, with_type=False)}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,7 +163,7 @@ class _PrintProgress:
         eta = f"  ETA {_duration(snap.eta_s)}" if snap.eta_s and snap.done < snap.total else ""
         self._clear()
         click.echo(
-            f"[{snap.done:>{width}}/{snap.total}] {o.status:<7} {self.label(o.trial):<28} {what}  ({o.seconds:.1f}s){eta}",
+            f"[{snap.done:>{width}}/{snap.total}] {o.status:<9} {self.label(o.trial):<28} {what}  ({o.seconds:.1f}s){eta}",
             err=True,
         )
         self.tick(snap, force=True)
@@ -190,7 +227,8 @@ def _check_custom_workloads(spec: SweepSpec, trials) -> None:
 @store_option
 @click.option("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local cluster).")
 @click.option("--resume", is_flag=True, help="Continue the latest sweep of this spec in the store: run only trials not stored as ok or oom.")
-@click.option("--sweep-id", default=None, help="Write into this sweep id (with --resume: continue it).")
+@click.option("--sweep-id", default=None, callback=lambda _c, _p, v: check_sweep_id(v),
+              help="Write into this sweep id (with --resume: continue it).")
 @click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Cancel a trial that runs longer (worker start included) and store it as `timeout`.")
 def run(spec_path: str, store: str | None, address: str | None, resume: bool, sweep_id: str | None,
@@ -225,7 +263,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
             )
     except KeyboardInterrupt:
         outcome = None
-    resume_hint = f"stepscope run {spec_path} --resume" + (f" --store {store}" if store else "")
+    resume_hint = _command("stepscope", "run", spec_path, "--resume", *_store_args(store))
     if outcome is None or outcome.interrupted:
         stored = "finished trials are stored" if outcome is None else (
             f"{outcome.skipped + len(outcome.outcomes)} of {outcome.total} trials are stored"
@@ -249,8 +287,11 @@ def _summary(outcome, st: Store) -> None:
     for o in outcome.outcomes:
         if not o.status.is_result:
             click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")
-    where = f" --store {st.location}" if st.location != resolve_store(None) else ""
-    click.echo(f"results in {st.location}; try: stepscope query phase_shares{where}")
+    where = ("--store", st.location) if st.location != resolve_store(None) else ()
+    if outcome.skipped or not outcome.outcomes or any(o.status.is_result for o in outcome.outcomes):
+        click.echo(f"results in {st.location}; try: {_command('stepscope', 'query', 'phase_shares', *where)}")
+    else:  # every trial failed: each one's row says why, and there is nothing else to query
+        click.echo(f"no trial stored a result; see why with: {_command('stepscope', 'query', 'trials', *where)}")
 
 
 # ---------------------------------------------------------------- submit / jobs
@@ -288,7 +329,7 @@ def submit(spec_path: str, address: str | None, store: str | None, trial_timeout
                          debug=click.get_current_context().find_root().obj.get("debug", False))
     click.echo(job_id)
     where = jobs.jobs_address(address)
-    click.echo(f"submitted; follow it with: stepscope jobs logs {job_id} --follow --address {where}", err=True)
+    click.echo(f"submitted; follow it with: {_command('stepscope', 'jobs', 'logs', job_id, '--follow', '--address', where)}", err=True)
     if wait:
         sys.exit(_follow(jobs.client(address), job_id))
 
@@ -391,7 +432,8 @@ def _job_call(fn, job_id: str):
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--index", "index", type=int, required=True, help="Which trial (see `stepscope plan`).")
 @store_option
-@click.option("--sweep-id", default=None, help="Sweep to write into (default: the latest sweep of this spec in the store, else a new one).")
+@click.option("--sweep-id", default=None, callback=lambda _c, _p, v: check_sweep_id(v),
+              help="Sweep to write into (default: the latest sweep of this spec in the store, else a new one).")
 @click.option("--gpu", "gpu_type", default=None, metavar="TYPE",
               help="For `gpus: each`: the GPU type this trial stands for (as `run` would name it).")
 def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, gpu_type: str | None) -> None:
@@ -408,6 +450,7 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
     from stepscope.workloads.measure.runner import run_trial
 
     spec = load_spec(spec_path)
+    check_gpu_label(gpu_type)
     if spec.gpus_each and not gpu_type:
         raise SpecError(spec.source, "gpus", "`each` is resolved by the cluster; give `stepscope trial --gpu TYPE`")
     if gpu_type and not spec.gpus_each:
@@ -443,7 +486,7 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
 
 @cli.command()
 @output_options
-def workloads(fmt: str | None) -> None:
+def workloads(fmt: str | None, max_rows: int | None) -> None:
     """List the built-in workloads and the parameters they take, with defaults.
 
     Parameters marked `common` apply to every workload, custom ones included.
@@ -456,7 +499,7 @@ def workloads(fmt: str | None) -> None:
     rows = [["common", p.name, p.describe_type(), p.default, p.help] for p in COMMON_PARAMS]
     for info in BUILTINS.values():
         rows += [[info.name, p.name, p.describe_type(), p.default, p.help] for p in info.params]
-    click.echo(render(columns, rows, fmt))
+    write_rows(columns, [rows], fmt, max_rows)
 
 
 # ---------------------------------------------------------------- query / sql
@@ -468,7 +511,8 @@ def workloads(fmt: str | None) -> None:
 @click.option("--list", "list_", is_flag=True, help="List the named queries with their descriptions.")
 @store_option
 @output_options
-def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | None, fmt: str | None) -> None:
+def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | None, fmt: str | None,
+          max_rows: int | None) -> None:
     """Run the named query queries/NAME.sql against the store.
 
     Example:
@@ -476,12 +520,12 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         stepscope query --list
         stepscope query phase_breakdown -p sweep=all --format markdown
     """
-    from stepscope.analysis.queries import list_queries, run_query
+    from stepscope.analysis.queries import list_queries, stream_query
     from stepscope.analysis.warehouse import connect
 
     if list_:
         rows = [[q.name, q.description, ", ".join(f"{p.name}={p.default}" for p in q.parameters)] for q in list_queries()]
-        click.echo(render(["query", "description", "parameters"], rows, fmt))
+        write_rows(["query", "description", "parameters"], [rows], fmt, max_rows)
         return
     if not name:
         raise click.UsageError("give a query NAME, or --list to see them")
@@ -491,26 +535,148 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="-p")
         bound[key] = value
-    columns, rows = run_query(connect(resolve_store(store)), name, bound)
-    click.echo(render(columns, rows, fmt))
+    result = stream_query(connect(resolve_store(store)), name, bound)
+    write_rows(result.columns, result.batches, fmt, max_rows)
 
 
-@cli.command()
+# SQL may open with a `--` comment, which Click would take for an option: an unknown
+# option-like argument is the SQL text instead (a mistyped option then reads as SQL and
+# gets the "no statement" message, or "unexpected extra argument").
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("sql_text", metavar="SQL")
 @store_option
 @output_options
-def sql(sql_text: str, store: str | None, fmt: str | None) -> None:
+def sql(sql_text: str, store: str | None, fmt: str | None, max_rows: int | None) -> None:
     """Run ad hoc SQL against the store's views (sweeps, trials, steps, ...).
 
     Example:
 
         stepscope sql "select workload, precision, median(samples_per_s) from trials group by all"
     """
-    from stepscope.analysis.queries import run_sql
+    from stepscope.analysis.queries import stream_sql
     from stepscope.analysis.warehouse import connect
 
-    columns, rows = run_sql(connect(resolve_store(store)), sql_text)
-    click.echo(render(columns, rows, fmt))
+    result = stream_sql(connect(resolve_store(store)), sql_text)
+    write_rows(result.columns, result.batches, fmt, max_rows)
+
+
+# ---------------------------------------------------------------- store
+
+
+@cli.group("store")
+def store_group() -> None:
+    """Look after a results store: list what its readers skip, remove what killed writers left.
+
+    Example:
+
+        stepscope store check
+        stepscope store clean --older-than 0
+    """
+
+
+@store_group.command("check")
+@store_option
+def store_check(store: str | None) -> None:
+    """List the store's files per table: read, skipped (and why), and leftovers of killed writers.
+
+    Exit code 0 when every file is read and nothing is left over, 1 otherwise.
+
+    Example:
+
+        stepscope store check --store ./stepscope-results
+    """
+    st = Store(resolve_store(store))
+    report = _inspect(st)
+    for listing in report.tables:
+        click.echo(f"{listing.table}: {len(listing.files)} file(s) read, {len(listing.skipped)} skipped")
+    for skipped in report.skipped:
+        click.echo(f"  skipped {skipped}")
+    now = time.time()
+    for item in report.leftovers:
+        age = f", {_duration(now - item.mtime)} old" if item.mtime is not None else ""
+        click.echo(f"  leftover ({item.kind}{age}): {item.path}")
+    if report.leftovers:
+        click.echo(f"{len(report.leftovers)} leftover file(s) of killed writers; remove them with: "
+                   f"{_command('stepscope', 'store', 'clean', *_store_args(store))}")
+    if report.skipped:
+        click.echo(f"{len(report.skipped)} file(s) skipped by every reader; stepscope did not write them "
+                   f"as they are: move or delete them yourself")
+    if report.skipped or report.leftovers:
+        sys.exit(EXIT_TRIALS_FAILED)
+
+
+@store_group.command("clean")
+@store_option
+@click.option("--older-than", "older_than", default="1h", show_default=True, metavar="AGE",
+              help="Remove only leftovers older than this (e.g. 30s, 15m, 2h, 0): "
+                   "a writer still running holds its files for seconds.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def store_clean(store: str | None, older_than: str, dry_run: bool) -> None:
+    """Remove the leftovers of killed writers: temporary files, and steps/devices files
+    whose trial never got its trials row. Files the readers skip are listed, never removed.
+
+    Example:
+
+        stepscope store clean --dry-run
+    """
+    cutoff = time.time() - _parse_age(older_than)
+    st = Store(resolve_store(store))
+    report = _inspect(st)
+    fs, _ = st.filesystem()
+    removed = kept = 0
+    for item in report.leftovers:
+        if item.mtime is not None and item.mtime > cutoff:
+            kept += 1
+            continue
+        click.echo(f"{'would remove' if dry_run else 'removed'} {item.kind}: {item.path}")
+        if not dry_run:
+            try:
+                fs.delete_file(item.path)
+            except FileNotFoundError:
+                continue  # its writer finished or another clean removed it
+            except OSError as exc:
+                raise StoreError(f"--store {st.location}: cannot remove {item.path}: {one_line(exc, with_type=False)}") from None
+        removed += 1
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {removed} leftover file(s); kept {kept} younger than {older_than}"
+               + (f"; {len(report.skipped)} skipped file(s) left alone (see stepscope store check)" if report.skipped else ""))
+
+
+def _inspect(st: Store):
+    from stepscope.workloads.storage.layout import TableUnreadable, inspect_store
+
+    fs, root = st.filesystem()
+    try:
+        return inspect_store(fs, root)
+    except TableUnreadable as exc:
+        raise StoreError(f"--store {st.location}: {exc}") from None
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_age(text: str) -> float:
+    value, unit = text.strip(), "s"
+    if value and value[-1] in _AGE_UNITS:
+        value, unit = value[:-1], value[-1]
+    try:
+        seconds = float(value) * _AGE_UNITS[unit]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: write a number with s, m, h or d (e.g. 15m, or 0)", param_hint="--older-than") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise click.BadParameter(f"{text!r}: give an age of 0 or more", param_hint="--older-than")
+    return seconds
+
+
+def _store_args(store: str | None) -> tuple[str, ...]:
+    return ("--store", store) if store else ()
+
+
+def _command(*argv: str) -> str:
+    """A command line the user can paste: every argument shell-quoted."""
+    import shlex
+
+    return shlex.join(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

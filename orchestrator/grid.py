@@ -8,7 +8,7 @@ import itertools
 import json
 from collections.abc import Sequence
 
-from stepscope.orchestrator.spec import SweepSpec
+from stepscope.orchestrator.spec import SweepSpec, check_size, value_key
 from stepscope.workloads.registry import resolve_params
 from stepscope.workloads.trial import Trial
 
@@ -18,23 +18,30 @@ def grid_points(spec: SweepSpec) -> list[dict]:
     merged in and excluded points dropped. Parameters are not yet resolved."""
     keys = [k for k, _ in spec.grid]
     fixed = dict(spec.fixed)
+    excluded = _exclusions(spec.exclude)
     points = []
     for combo in itertools.product(*(values for _, values in spec.grid)):
         point = {**fixed, **dict(zip(keys, combo, strict=True))}
-        if not any(_matches(point, rule) for rule in spec.exclude):
+        if not _excluded(point, excluded):
             points.append(point)
     return points
 
 
-def _matches(point: dict, rule: tuple) -> bool:
-    return all(k in point and _same(point[k], v) for k, v in rule)
+def _exclusions(rules: Sequence[tuple]) -> dict[tuple[str, ...], set[tuple]]:
+    """`exclude` as sets of value keys, one set per combination of parameter names, so
+    a point is checked with one lookup per combination rather than one per entry.
+    Values match as `spec.value_key` says: 1 and 1.0 match; true and 1 do not."""
+    out: dict[tuple[str, ...], set[tuple]] = {}
+    for rule in rules:
+        names = tuple(sorted(k for k, _ in rule))
+        out.setdefault(names, set()).add(tuple(value_key(v) for _, v in sorted(rule, key=lambda kv: kv[0])))
+    return out
 
 
-def _same(a: object, b: object) -> bool:
-    # 1 and 1.0 match; True and 1 do not.
-    return type(a) is type(b) and a == b or (
-        isinstance(a, (int, float)) and isinstance(b, (int, float))
-        and not isinstance(a, bool) and not isinstance(b, bool) and a == b
+def _excluded(point: dict, exclusions: dict[tuple[str, ...], set[tuple]]) -> bool:
+    return any(
+        all(k in point for k in names) and tuple(value_key(point[k]) for k in names) in values
+        for names, values in exclusions.items()
     )
 
 
@@ -51,8 +58,11 @@ def expand(spec: SweepSpec, gpu_types: Sequence[str] | None = None) -> list[Tria
     For `gpus: each`, `gpu_types` are the types the cluster has (the scheduler
     asks it); without them the trials carry no type yet (what `plan` shows).
     """
-    resolved = [resolve_params(p) for p in grid_points(spec)]
     targets = tuple(gpu_types) if spec.gpus_each and gpu_types else spec.gpus
+    check_size(spec)  # the grid's product, before it is expanded
+    points = grid_points(spec)
+    check_size(spec, len(points), gpu_types=len(targets) if targets else None)
+    resolved = [resolve_params(p) for p in points]
     trials: list[Trial] = []
     for gpu in targets or (None,):
         for repeat in range(spec.repeats):

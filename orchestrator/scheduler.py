@@ -25,6 +25,7 @@ Ray is imported here and, for `stepscope submit`, in `stepscope.orchestrator.job
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -43,7 +44,7 @@ from stepscope.orchestrator.spec import Isolation, SweepSpec, search_paths  # no
 from stepscope.workloads.measure.runner import failed_row, run_trial
 from stepscope.workloads.registry import BUILTINS
 from stepscope.workloads.storage.schema import SCHEMA_VERSION, TrialStatus, version
-from stepscope.workloads.storage.store import Store
+from stepscope.workloads.storage.store import PROBE_DIR, Store, StoreError, probe_write
 from stepscope.workloads.trial import Trial
 
 MAX_RETRIES = 2  # resubmissions after a worker, a trial's process or a node died
@@ -241,6 +242,70 @@ def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver
         )
 
 
+#: How long the driver waits for every node's answer to the store probe. A node answers in
+#: a second or two (a worker starts, one small write and delete); a store that cannot be
+#: reached fails within seconds (`stepscope.workloads.storage.store.S3_CONNECT_TIMEOUT_S`).
+PROBE_TIMEOUT_S = 60.0
+
+
+def check_store_writable(ray, store: Store, nodes: Sequence[cluster.Node], driver_ip: str,
+                         timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Each of `nodes` (those that may run a trial) must be able to write the store, or
+    its trials run to the end and lose their rows at the write (a node without the
+    credentials or the endpoint the driver has). So each node writes and deletes a probe
+    object (`store.probe_write`) from a task pinned to it, before anything is submitted.
+
+    A local-path store is the driver's own directory for nodes on its host (the driver
+    writes there itself); other hosts are probed (after `check_store_visible`).
+    """
+    remote_only = store.local_root is not None
+    targets = [n for n in nodes if not (remote_only and n.ip == driver_ip)]
+    if not targets:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The store's own function, not one of this module: a worker unpickles it without torch.
+    probe = ray.remote(num_cpus=0, max_retries=0)(probe_write)
+    token = uuid.uuid4().hex[:12]
+    refs = {
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(
+            store, f"{n.node_id[:12]}-{token}"
+        ): n
+        for n in targets
+    }
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    if remote_only:  # the probes' folder on a shared mount; a probe still running keeps it
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(store.local_root, PROBE_DIR))
+    failures: list[tuple[cluster.Node, str]] = []  # node, why
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except Exception as exc:  # Ray's wrapper of the StoreError the probe raised, or of a dead worker
+            cause = getattr(exc, "cause", None)
+            failures.append((refs[ref], str(cause) if isinstance(cause, StoreError) else one_line(exc)))
+    for ref in late:
+        ray.cancel(ref, force=True)
+        failures.append((refs[ref], f"no answer to the store probe within {timeout:g} s"))
+    if failures:
+        node, error = failures[0]
+        more = f"; {len(failures) - 1} more node(s) fail too" if len(failures) > 1 else ""
+        raise SchedulerError(
+            f"--store {store.location}: node {node.node_id[:12]} ({node.ip}): "
+            f"{error.removeprefix(f'--store {store.location}: ')}{more}. Every node that runs trials "
+            "must be able to write the store: give the nodes the credentials and endpoint the driver "
+            "uses (or mount the directory there), or use a store they all reach; nothing was run"
+        )
+
+
+def trial_nodes(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> list[cluster.Node]:
+    """The nodes a trial may run on: those with a GPU when the sweep uses GPUs (as
+    `_Driver.describe` decides), else those with a CPU."""
+    if spec.targets.wants_gpus or any(n.gpus for n in nodes):
+        return [n for n in nodes if n.gpus]
+    return [n for n in nodes if n.cpus >= 1]
+
+
 def check_isolation(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> None:
     """A reused worker keeps the GPU it first initialised CUDA on (CUDA reads
     CUDA_VISIBLE_DEVICES once), so on a node with several GPUs its next trial
@@ -293,7 +358,10 @@ def run_sweep(
     nodes = session.nodes()
     resolve_gpu_types(spec, nodes)  # the types may have gone since the trials were planned
     check_isolation(spec, nodes)
-    check_store_visible(ray, store, nodes, ray.util.get_node_ip_address())
+    driver_ip = ray.util.get_node_ip_address()
+    check_store_visible(ray, store, nodes, driver_ip)
+    if todo:
+        check_store_writable(ray, store, trial_nodes(spec, nodes), driver_ip)
     if new_sweep:
         store.write_sweep(sweep_row(spec, sweep_id, len(trials), session.address))
     if not todo:

@@ -13,7 +13,8 @@
 -- `sweep=latest` still means the newest sweep.
 
 -- One row per trial that ended ok (an oom, a failed or a timed-out trial has no
--- figures to compare): every column of trials, and `config`, the configuration
+-- figures to compare, nor has a nonfinite one: its loss went NaN or ±Inf, so it
+-- timed a diverged run): every column of trials, and `config`, the configuration
 -- key. A configuration is every parameter but the seed (config_id: depths,
 -- sequence lengths and a custom workload's own keys count too), on one GPU type
 -- and device, in one sweep; workload, batch_size, precision and optimizer are

@@ -26,7 +26,18 @@ select
     cast(schema_version as integer) as schema_version
 from raw_sweeps;
 
+-- One row per trial of a sweep: should a file ever hold a trial twice, the latest
+-- attempt wins (then the latest to end), as a retried trial's rewrite does.
 create or replace view trials as
+with by_attempt as (
+    select
+        *,
+        row_number() over (
+            partition by sweep_id, trial_id order by attempt desc nulls last, ended_at desc nulls last
+        ) as attempt_rank
+    from raw_trials
+)
+
 select
     cast(sweep_id as varchar) as sweep_id,
     cast(trial_id as varchar) as trial_id,
@@ -70,6 +81,7 @@ select
     cast(measured_wall_s as double) as measured_wall_s,
     cast(samples_per_s as double) as samples_per_s,
     cast(final_loss as double) as final_loss,
+    cast(nonfinite_step as integer) as nonfinite_step,
     cast(flops_forward as bigint) as flops_forward,
     cast(flops_backward as bigint) as flops_backward,
     cast(flops_analytic as bigint) as flops_analytic,
@@ -92,7 +104,8 @@ select
     cast(nvml_memory_scope as varchar) as nvml_memory_scope,
     cast(stepscope_version as varchar) as stepscope_version,
     cast(schema_version as integer) as schema_version
-from raw_trials;
+from by_attempt
+where attempt_rank = 1;
 
 -- A trial's trials row is written last and commits its steps file: steps
 -- without one are an interrupted write, so the semi-join hides them.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from stepscope.workloads import builtin
 from stepscope.workloads.builtin.base import BuiltinInfo
-from stepscope.workloads.params import COMMON_BY_NAME, ParamError
+from stepscope.workloads.params import COMMON_BY_NAME, ParamError, brief
 
 
 def _discover() -> dict[str, BuiltinInfo]:
@@ -46,13 +46,13 @@ def validate_workload_name(name: str) -> None:
     if is_custom(name):
         module, _, func = name.partition(":")
         if not module or not func or not all(p.isidentifier() for p in module.split(".")) or not func.isidentifier():
-            raise ParamError("workload", f"{name!r} is not of the form module.path:function")
+            raise ParamError("workload", f"{brief(name)} is not of the form module.path:function")
         return
     if name not in BUILTINS:
         known = ", ".join(sorted(BUILTINS))
         raise ParamError(
             "workload",
-            f"unknown workload {name!r}; use one of {known}, or module:function for a custom one",
+            f"unknown workload {brief(name)}; use one of {known}, or module:function for a custom one",
         )
 
 
@@ -75,13 +75,13 @@ def resolve_params(raw: Mapping[str, object]) -> dict[str, object]:
         if param is None:
             if is_custom(name):
                 if not isinstance(value, (int, float, str, bool)):
-                    raise ParamError(key, f"expected a scalar (number, string, bool), got {value!r}")
+                    raise ParamError(key, f"expected a scalar (number, string, bool), got {brief(value)}")
                 out[key] = value
                 continue
             known = sorted(set(declared) - {"workload"})
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ParamError(key, f"unknown parameter for workload {name!r}; {hint}known: {', '.join(known)}")
+            raise ParamError(key, f"unknown parameter for workload {brief(name)}; {hint}known: {', '.join(known)}")
         out[key] = param.validate(value)
     for key, param in declared.items():
         if key not in out and param.default is not None:

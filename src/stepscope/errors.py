@@ -26,7 +26,13 @@ def one_line(exc: BaseException, *, limit: int = 2000, with_type: bool = True) -
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and cause is not exc:
         exc = cause
-    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    try:
+        message = str(exc)
+    except Exception as inner:  # an exception whose __str__ raises is still described
+        message = f"(its message cannot be shown: {type(inner).__name__} in __str__)"
+    if not isinstance(message, str):  # a __str__ returning bytes, say
+        message = repr(message)
+    lines = [" ".join(line.split()) for line in message.splitlines()]
     text = next((line for line in lines if line), "")
     if with_type:
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__

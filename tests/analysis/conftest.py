@@ -84,6 +84,7 @@ def trial_row(
         "measured_wall_s": 0.1,
         "samples_per_s": 480.0,
         "final_loss": 0.5,
+        "nonfinite_step": None,
         "flops_forward": None,
         "flops_backward": None,
         "flops_analytic": None,

@@ -39,6 +39,11 @@ def attacks(store_root: str, outside: str) -> dict[str, str]:
         "glob the host": "select * from glob('/etc/*')",
         "reconfigure": "set enable_external_access = true",
         "two statements, one bad": f"select 1; copy (select 1) to '{outside}.2.csv'",
+        "explain analyze runs a copy": f"explain analyze copy (select 1) to '{store_root}/explained.csv'",
+        "a prepared copy": f"prepare p as copy (select 1) to '{store_root}/prepared.csv'; execute p",
+        "a prepared copy behind a comment": f"/* hi */ prepare \"q\" as copy (select 1) to '{store_root}/q.csv'",
+        "explain of a prepared copy": f"explain prepare p as copy (select 1) to '{store_root}/e.csv'",
+        "not UTF-8": "select '\udcff'",
     }
 
 
@@ -85,3 +90,20 @@ def test_the_cli_refuses_in_one_line_with_exit_2(cli_runner, filled, tmp_path):
     result = cli_runner("sql", f"select * from read_csv('{outside}')", "--store", filled.local_root)
     assert result.exit_code == 2 and "secret" not in result.output
     assert result.output.startswith("Error: Permission Error: Cannot access file") and len(result.output.strip().splitlines()) == 1
+
+
+def test_sql_may_open_with_a_comment_on_the_command_line(cli_runner, filled):
+    # Click would read a leading `--` as an option: the sql command takes it as the SQL.
+    result = cli_runner("sql", "-- how many?\nselect count(*) as n from trials where 1 = 1", "--store",
+                        filled.local_root, "--format", "csv")
+    assert (result.exit_code, result.output) == (0, "n\n1\n")
+    result = cli_runner("sql", "-- only a comment", "--store", filled.local_root)
+    assert result.exit_code == 2 and result.output.startswith("Error: sql: no statement to run")
+
+
+def test_explain_and_prepare_of_a_query_still_run(filled):
+    con = connect(filled)
+    assert run_sql(con, "prepare n as select count(*) as n from trials where trial_id = $1; execute n('t1')") == (
+        ["n"], [(1,)])
+    columns, rows = run_sql(con, "explain analyze select count(*) from trials")
+    assert rows

@@ -97,3 +97,23 @@ def test_an_unfinished_upload_is_not_read(store, write, rows, s3_server, s3_buck
 def test_a_bad_uri_is_a_store_error():
     with pytest.raises(StoreError, match=r"^--store foo://x: "):
         connect("foo://x")
+
+
+def test_objects_that_do_not_fit_are_skipped_with_a_warning_as_on_a_local_store(store, write):
+    # The same rule as a local store (stepscope.workloads.storage.layout): a copy under another
+    # name, a zero-byte object and a hidden one are not read; the first two are named.
+    write.sweep("s1")
+    write.trial("s1", "t1", {"forward": [2.0, 3.0]}, warmup=0)
+    fs, root = store.filesystem()
+    partition = f"{root}/trials/sweep_id=s1"
+    with fs.open_input_stream(f"{partition}/t1.parquet") as f:
+        data = f.read()
+    for name, body in (("t1 copy.parquet", data), ("empty.parquet", b""), ("._t1.parquet", data)):
+        with fs.open_output_stream(f"{partition}/{name}") as f:
+            f.write(body)
+    with pytest.warns(UserWarning) as caught:
+        con = connect(store.location)
+    assert count(con, "trials") == 1
+    assert sorted(str(w.message).split(": ")[0] for w in caught) == [
+        f"skipped {partition}/empty.parquet", f"skipped {partition}/t1 copy.parquet"]
+    assert [r["trial_id"] for r in store.read_rows("trials", ["trial_id"])] == ["t1"]

@@ -76,11 +76,13 @@ def _free_port_block(size: int = 40) -> int:
 
 
 @contextmanager
-def local_cluster_up():
+def local_cluster_up(node_env: dict | None = None):
+    """`node_env`: the environment its nodes (and so their workers) start with, instead of
+    this process's; for a cluster whose nodes lack what a driver has."""
     port = _free_port_block()
     directory = f"/tmp/ssc-{port}"
-    env = {**os.environ, "STEPSCOPE_LOCAL_PORT": str(port), "STEPSCOPE_LOCAL_DIR": directory,
-           "STEPSCOPE_LOCAL_DASHBOARD": "1"}
+    env = {**(os.environ if node_env is None else node_env), "STEPSCOPE_LOCAL_PORT": str(port),
+           "STEPSCOPE_LOCAL_DIR": directory, "STEPSCOPE_LOCAL_DASHBOARD": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     up = subprocess.run(["bash", str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=240)
     try:
@@ -101,3 +103,10 @@ def fresh_cluster():
     """A cluster of its own, for a test that breaks it."""
     with local_cluster_up() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def start_local_cluster():
+    """`with start_local_cluster(node_env) as cluster:` a cluster of its own, its nodes
+    started with `node_env` (for nodes that lack what the driver has)."""
+    return local_cluster_up

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
+import time
 
 import pytest
 
@@ -82,3 +84,45 @@ def test_an_unknown_scheme_is_one_line_and_exit_2(cli_runner):
     result = cli_runner("sql", "select 1", "--store", "foo://x")
     assert result.exit_code == 2
     assert result.output.strip() == "Error: --store foo://x: Unrecognized filesystem type in URI: foo://x"
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Credentials in the environment (and no instance-metadata lookups), as a user has them."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers (a hung endpoint): the
+    kernel completes the handshake for the listen backlog, nobody reads the request."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("endpoint", "within_s"), [("closed", 15), ("silent", 20)])
+def test_an_unreachable_endpoint_fails_in_seconds_with_one_line(endpoint, within_s, request, cli_runner, aws_env):
+    """Before the timeouts and bounded retries, a silent endpoint took 100 s to fail."""
+    port = closed_port() if endpoint == "closed" else request.getfixturevalue("silent_port")
+    uri = f"s3://bucket/x?endpoint_override=127.0.0.1:{port}&scheme=http"
+    t0 = time.monotonic()
+    result = cli_runner("sql", "select 1", "--store", uri)
+    took = time.monotonic() - t0
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: --store {uri}: "), result.output
+    assert ("Could not connect" if endpoint == "closed" else "Timeout was reached") in lines[0]
+    assert took < within_s, f"{took:.1f} s"

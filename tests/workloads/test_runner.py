@@ -101,6 +101,19 @@ def test_failure_becomes_a_failed_row_with_the_steps_that_ran(tmp_path):
     assert read(tmp_path, "trials")[0]["status"] == "failed"
 
 
+@pytest.mark.parametrize(("kind", "error"), [
+    ("unprintable", "Unprintable: (its message cannot be shown: ValueError in __str__) (at raisers.py:"),
+    ("base_exception", "Custom: a BaseException subclass (at raisers.py:"),
+    ("generator_exit", "GeneratorExit: closed (at raisers.py:"),
+])
+def test_any_exception_of_the_workload_becomes_a_failed_row(kind, error, tmp_path):
+    trial = make_trial(workload="raisers:build", raise_kind=kind, iterations=4, warmup=0, count_flops=False)
+    row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    assert (row["status"], row["error"][: len(error)]) == ("failed", error)
+    assert read(tmp_path, "trials")[0]["error"] == row["error"]
+    assert len(read(tmp_path, "steps")) == 2 * len(PHASES)  # the two steps before the third forward
+
+
 def test_out_of_memory_becomes_an_oom_row(tmp_path):
     trial = make_trial(workload="probe:build", raise_oom=True)
     row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
@@ -239,3 +252,58 @@ def test_peak_rss_per_phase_on_a_cpu(tmp_path):
     steps = read(tmp_path, "steps")
     assert all(s["peak_rss_bytes"] > 10_000_000 for s in steps)  # a Python process with torch: tens of MB
     assert all(s["peak_allocated_bytes"] is None and s["peak_reserved_bytes"] is None for s in steps)
+
+
+NONFINITE = {"workload": "nonfinite:build", "iterations": 5, "warmup": 5, "batch_size": 2, "count_flops": False}
+
+
+@pytest.mark.parametrize(("params", "step", "error"), [
+    ({"bad": "nan", "bad_from": 7}, 7, "loss became nan at iteration 7 (measured step 2)"),
+    ({"bad": "inf", "bad_from": 1}, 1, "loss became inf at iteration 1 (warmup step 1)"),
+    ({"bad": "-inf", "bad_from": 5}, 5, "loss became -inf at iteration 5 (measured step 0)"),
+    ({"bad": "nan", "bad_from": 0, "bad_in": "model"}, 0, "loss became nan at iteration 0 (warmup step 0)"),
+    ({"bad": "nan", "bad_from": 9, "loss_2d": True}, 9, "loss became nan at iteration 9 (measured step 4)"),
+    # (2**8)² = 65536 is past fp16's largest value, 65504: the loss overflows to inf at step 8.
+    ({"overflow": True, "precision": "fp16"}, 8, "loss became inf at iteration 8 (measured step 3)"),
+])
+def test_a_loss_that_is_not_finite_makes_a_nonfinite_trial_with_its_steps(tmp_path, params, step, error):
+    row = run_trial(make_trial(**NONFINITE, **params), "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    assert (row["status"], row["nonfinite_step"], row["error"]) == ("nonfinite", step, error)
+    (stored,) = read(tmp_path, "trials")
+    assert (stored["status"], stored["nonfinite_step"], stored["error"]) == ("nonfinite", step, error)
+    # Every step ran and its timings are kept, throughput too: only the loss is wrong.
+    assert len(read(tmp_path, "steps")) == 10 * len(PHASES)
+    assert stored["measured_steps"] == 5 and stored["samples_per_s"] > 0
+
+
+def test_a_finite_loss_leaves_the_trial_ok():
+    # The same (2**step)² as the fp16 case, in fp32: 512² = 262144 at the last step, finite.
+    row = run_trial(make_trial(**NONFINITE, overflow=True), "s", None, search_paths=[str(FIXTURES)])
+    assert (row["status"], row["nonfinite_step"], row["error"]) == ("ok", None, None)
+    assert row["final_loss"] == 2.0 ** 18
+
+
+def test_a_builtin_in_fp16_with_a_huge_learning_rate_is_nonfinite_from_its_second_step():
+    # Step 0's loss comes from the initial weights; one SGD step at lr 1e4 sends fp16 weights,
+    # then the logits, past 65504, and cross-entropy of inf logits is nan.
+    shape = {"workload": "mlp", "depth": 1, "width": 16, "input_dim": 8, "batch_size": 4, "iterations": 3,
+             "warmup": 1, "count_flops": False}
+    row = run_trial(make_trial(precision="fp16", lr=1e4, **shape), "s", None)
+    assert (row["status"], row["nonfinite_step"]) == ("nonfinite", 1)
+    assert row["error"] == "loss became nan at iteration 1 (measured step 0)"
+    assert run_trial(make_trial(precision="fp32", **shape), "s", None)["status"] == "ok"
+
+
+def test_a_failure_after_the_loss_went_nan_stays_failed_and_says_where_it_went():
+    row = run_trial(make_trial(**NONFINITE, bad="nan", bad_from=2, fail_at=4), "s", None, search_paths=[str(FIXTURES)])
+    assert row["status"] == "failed" and row["error"].startswith("RuntimeError: gave up at step 4")
+    assert row["nonfinite_step"] == 2
+
+
+@pytest.mark.gpu
+def test_a_nonfinite_loss_on_a_gpu(tmp_path):
+    row = run_trial(make_trial(**NONFINITE, bad="nan", bad_from=7, device="cuda"), "s", Store(str(tmp_path)),
+                    search_paths=[str(FIXTURES)])
+    assert (row["status"], row["nonfinite_step"], row["device_kind"]) == ("nonfinite", 7, "cuda")
+    assert row["error"] == "loss became nan at iteration 7 (measured step 2)"
+    assert len(read(tmp_path, "steps")) == 10 * len(PHASES)

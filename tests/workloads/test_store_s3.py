@@ -120,3 +120,29 @@ def test_writer_killed_mid_upload_leaves_only_whole_objects(s3_server, s3_bucket
         table = pq.read_table(f"{s3_bucket}/{key}", filesystem=fs, columns=["iteration"])
         assert table.num_rows == ROWS  # every visible object is whole
         assert table.column("iteration")[-1].as_py() == ROWS - 1
+
+
+def test_s3_requests_are_bounded_and_the_uri_options_kept(s3_server, s3_bucket):
+    from stepscope.workloads.storage import store as store_module
+
+    uri = s3_server.uri(s3_bucket, "p", allow_bucket_creation="true")
+    fs, root = Store(uri).filesystem()
+    _, (options,) = fs.__reduce__()
+    assert (root, options["endpoint_override"], options["scheme"], options["region"], options["allow_bucket_creation"]) == (
+        f"{s3_bucket}/p", f"127.0.0.1:{s3_server.port}", "http", "us-east-1", True)
+    assert options["connect_timeout"] == store_module.S3_CONNECT_TIMEOUT_S
+    assert options["request_timeout"] == store_module.S3_REQUEST_TIMEOUT_S
+
+
+def test_probe_write_writes_and_deletes_a_hidden_object(s3_server, s3_bucket):
+    from stepscope.workloads.storage.store import probe_write
+
+    path = probe_write(Store(s3_server.uri(s3_bucket)), "node-1")
+    assert path == f"{s3_bucket}/results/_probe/node-1"
+    # Gone; pyarrow leaves the folder's empty marker object, as it does for every folder it empties.
+    assert s3_server.keys(s3_bucket) == ["results/_probe/"] and s3_server.uploads(s3_bucket) == []
+    uri = s3_server.uri("no-such-bucket-here")
+    with pytest.raises(StoreError) as err:
+        probe_write(Store(uri), "node-1")
+    assert str(err.value).startswith(f"--store {uri}: cannot write no-such-bucket-here/results/_probe/node-1: ")
+    assert "\n" not in str(err.value)

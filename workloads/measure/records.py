@@ -10,6 +10,7 @@ Units are in the names: `_bytes` bytes, `_ms` milliseconds, `_s` seconds, `_mhz`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -101,6 +102,22 @@ class MemoryUse:
     nvml_memory_scope: str | None = None  # "process" (this pid) or "device" (whole GPU)
 
 
+@dataclass(frozen=True, slots=True)
+class Nonfinite:
+    """The first step whose loss was not finite: its iteration (as `steps.iteration`,
+    warmup first) and the value, NaN, +Inf or -Inf."""
+
+    iteration: int
+    value: float
+
+    def describe(self, warmup: int) -> str:
+        """E.g. `loss became nan at iteration 7 (measured step 2)`; both count from 0."""
+        kind = "nan" if math.isnan(self.value) else ("inf" if self.value > 0 else "-inf")
+        where = (f"warmup step {self.iteration}" if self.iteration < warmup
+                 else f"measured step {self.iteration - warmup}")
+        return f"loss became {kind} at iteration {self.iteration} ({where})"
+
+
 @dataclass
 class Measured:
     """What a trial's loop produced, filled in as it goes, so that a crash keeps what ran.
@@ -114,6 +131,7 @@ class Measured:
     param_count: int | None = None
     measured_wall_s: float | None = None
     final_loss: float | None = None
+    nonfinite: Nonfinite | None = None  # the first step whose loss was NaN or ±Inf (`trials.nonfinite_step`)
     facts: DeviceFacts | None = None
     work: Work = field(default_factory=Work)
     mem: MemoryUse = field(default_factory=MemoryUse)

@@ -33,11 +33,12 @@ def now() -> dt.datetime:
 
 def trial_row(trial: Trial, sweep_id: str, m: Measured, status: TrialStatus, error: str | None,
               started: dt.datetime, node_id: str | None, attempt: int, *, pid: int | None = None) -> dict[str, Any]:
-    """The `trials` row. Throughput only for an `ok` trial: a partial loop has no rate."""
+    """The `trials` row. Throughput only for a trial whose loop ran to the end (`ok`, or
+    `nonfinite`: its timings are whole, its loss is not): a partial loop has no rate."""
     p = trial.params
     status = TrialStatus(status)
     measured_steps = max(0, len(m.device_ms) - p["warmup"])
-    wall_s = m.measured_wall_s if status is TrialStatus.OK else None
+    wall_s = m.measured_wall_s if status in (TrialStatus.OK, TrialStatus.NONFINITE) else None
     samples_per_s = p["batch_size"] * measured_steps / wall_s if wall_s and measured_steps else None
     facts = {name: getattr(m.facts, name) for name in TRIAL_DEVICE_FIELDS} if m.facts else _NO_FACTS
     return {
@@ -69,6 +70,7 @@ def trial_row(trial: Trial, sweep_id: str, m: Measured, status: TrialStatus, err
         "measured_wall_s": wall_s,
         "samples_per_s": samples_per_s,
         "final_loss": m.final_loss,
+        "nonfinite_step": m.nonfinite.iteration if m.nonfinite is not None else None,
         **dataclasses.asdict(m.work),
         **dataclasses.asdict(m.mem),
         "stepscope_version": version(),

@@ -5,7 +5,8 @@ through the scheduler.
 A step is exactly the phases of `stepscope.workloads.storage.schema.PHASES`:
 data -> to_device -> forward -> loss -> backward -> optimizer (zero_grad included).
 Whatever goes wrong becomes the trial's status (`oom` or `failed`) and error
-text; the rows are written either way.
+text; a loss that became NaN or ±Inf in a loop that ran to the end makes it
+`nonfinite` (`trials.nonfinite_step` says where). The rows are written either way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from stepscope.workloads.api import Workload
 from stepscope.workloads.measure import device as devices
 from stepscope.workloads.measure import memory, rows, utilization
 from stepscope.workloads.measure.batch import call_model, to_device
+from stepscope.workloads.measure.losses import LossTrace
 from stepscope.workloads.measure.precision import Precision
 from stepscope.workloads.measure.records import Measured
 from stepscope.workloads.measure.timing import make_timer
@@ -54,11 +56,16 @@ def run_trial(
     status, error = TrialStatus.OK, None
     try:
         _run(trial, measured, list(search_paths))
-    # The trial's own failure becomes its row; so does a workload calling sys.exit() (SystemExit
-    # is no Exception). KeyboardInterrupt still stops the process: Ctrl-C belongs to the user.
-    except (Exception, SystemExit) as exc:
+    # The trial's own failure becomes its row, whatever it raised: sys.exit() (SystemExit),
+    # GeneratorExit and other BaseExceptions included. KeyboardInterrupt alone still stops the
+    # process: Ctrl-C belongs to the user.
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         status = TrialStatus.OOM if _is_oom(exc) else TrialStatus.FAILED
         error = _describe_error(exc)
+    if status is TrialStatus.OK and measured.nonfinite is not None:
+        status, error = TrialStatus.NONFINITE, measured.nonfinite.describe(trial.params["warmup"])
     trial_row = rows.trial_row(trial, sweep_id, measured, status, error, started, node_id, attempt, pid=os.getpid())
     if store is not None:
         device_rows = (
@@ -147,6 +154,7 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: Meas
     # Activations are counted on the first warmup step only: the hooks cost time.
     saved = memory.SavedTensors(model) if warmup else None
     out.mem = replace(out.mem, param_bytes=memory.param_bytes(model))
+    losses = LossTrace(torch, device, total)
     loss = None
     measure_start = 0
     try:
@@ -184,15 +192,25 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: Meas
             # Drop this step's tensors now, so they do not live on into the next
             # step's phases (a GPT's logits are the largest tensor of its step).
             loss = loss.detach()
+            # After the step's last phase ended, before the next one starts: no phase pays for
+            # it, and on a GPU it is one queued copy, read once after the loop (no sync here).
+            losses.record(step, loss)
             del inputs, targets, outputs
             device_ms, gaps, host_ns = timer.read()  # on a GPU: the step's one synchronisation
             out.device_ms.append(device_ms)
             out.gaps_ms.append(gaps)
             out.host_ns.append(host_ns)
             out.phase_peaks.append(peaks.read())
+    except BaseException:
+        # A NaN loss in the steps that completed is often why a later one failed; the
+        # failure stays the status. A device in an error state may not answer: then nothing.
+        with contextlib.suppress(Exception):
+            out.nonfinite = losses.first_nonfinite(len(out.device_ms))
+        raise
     finally:
         peaks.close()
     out.measured_wall_s = (perf_counter_ns() - measure_start) / 1e9
+    out.nonfinite = losses.first_nonfinite(len(out.device_ms))  # the trace's one sync, after the clock stopped
     out.mem = replace(out.mem, optimizer_state_bytes=memory.optimizer_state_bytes(optimizer),
                       activation_bytes=saved.total if saved is not None else None)
     if device.type == "cuda":
@@ -215,7 +233,7 @@ def _is_oom(exc: BaseException) -> bool:
             return True
     except (ImportError, AttributeError):
         pass
-    text = str(exc)
+    text = one_line(exc, with_type=False)  # never raises, even for a __str__ that does
     return "out of memory" in text.lower() or "can't allocate memory" in text
 
 

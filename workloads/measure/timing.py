@@ -22,7 +22,8 @@ phase is charged for it.
   them, so where the GPU had caught up with the host, it sat idle for that long
   (bookkeeping between phases; for the first phase, everything the host did
   between the previous step's end and this step's start: the step's one
-  synchronisation, reading the timers, looping). Where the GPU was still busy
+  synchronisation, reading the timers, keeping the loss (`losses.LossTrace`),
+  looping). Where the GPU was still busy
   with earlier work the gap is ~0.
 - `read()` synchronises once, on the last event, which is the only place the
   values are needed. That keeps the host free to run ahead within a step (the

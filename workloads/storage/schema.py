@@ -40,13 +40,16 @@ PHASES: tuple[str, ...] = ("data", "to_device", "forward", "loss", "backward", "
 
 class TrialStatus(str, enum.Enum):
     """How a trial ended: the `trials.status` column. `ok` and `oom` are results (the
-    sweep's exit code is 0); `failed` and `timeout` are not (exit code 1).
+    sweep's exit code is 0); `failed`, `timeout` and `nonfinite` are not (exit code 1).
     A str: compares and hashes as its value (`TrialStatus.OK == "ok"`)."""
 
     OK = "ok"
     OOM = "oom"  # the device (or host) ran out of memory: a result, the configuration does not fit
     FAILED = "failed"
     TIMEOUT = "timeout"
+    # Every step ran and is stored, but a step's loss was NaN or ±Inf (`trials.nonfinite_step`):
+    # timings of a diverged run are no result (NaN arithmetic, skipped updates).
+    NONFINITE = "nonfinite"
 
     def __str__(self) -> str:
         return self.value
@@ -125,6 +128,8 @@ TRIALS = pa.schema(
         pa.field("measured_wall_s", pa.float64()),  # host wall time of the measured loop
         pa.field("samples_per_s", pa.float64()),
         pa.field("final_loss", pa.float64()),
+        # First iteration (as steps.iteration, warmup included) whose loss was NaN or ±Inf; null if none was.
+        pa.field("nonfinite_step", pa.int32()),
         # Work and utilisation, counted in a separate untimed pass (stepscope.workloads.measure.flops).
         pa.field("flops_forward", pa.int64()),  # forward + loss, one step, whole batch
         pa.field("flops_backward", pa.int64()),

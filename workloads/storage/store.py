@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stepscope.errors import StepscopeError, one_line
+from stepscope.workloads.storage.layout import TableFiles, TableUnreadable, list_table
 from stepscope.workloads.storage.schema import TABLES, check_rows
 
 DEFAULT_STORE = "./stepscope-results"
@@ -71,6 +72,7 @@ class Store:
             return pafs.LocalFileSystem(), root
         try:
             fs, path = pafs.FileSystem.from_uri(self.location)
+            fs = _bounded(fs)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise StoreError(f"--store {self.location}: {one_line(exc, with_type=False)}") from None
         path = path.rstrip("/")
@@ -111,20 +113,84 @@ class Store:
     def write_sweep(self, row: dict) -> None:
         self.write("sweeps", row["sweep_id"], "sweep", [row])
 
+    def table_files(self, table: str) -> TableFiles:
+        """The files of `table` every reader reads, and those it skips with a reason
+        (`stepscope.workloads.storage.layout`). StoreError when the table's folder
+        exists but cannot be listed."""
+        fs, root = self.filesystem()
+        try:
+            return list_table(fs, root, table)
+        except TableUnreadable as exc:
+            raise StoreError(f"--store {self.location}: {exc}") from None
+
     def read_rows(self, table: str, columns: Sequence[str]) -> list[dict]:
         """`columns` of every committed-or-not row of `table`, with pyarrow alone (no
-        DuckDB: `stepscope trial` must run where only torch and pyarrow are). Hidden
-        temporary files are skipped; a column an older file lacks reads as null."""
-        fs, root = self.filesystem()
-        base = f"{root}/{table}"
+        DuckDB: `stepscope trial` must run where only torch and pyarrow are). Reads the
+        files `table_files` lists, as the SQL views do (skipped files are not read;
+        the views warn about them); a column an older file lacks reads as null."""
+        listing = self.table_files(table)
+        if not listing.files:
+            return []
+        fs, _ = self.filesystem()
+        schema = pa.schema([TABLES[table].field(c).with_nullable(True) for c in columns])
         try:
-            if fs.get_file_info(base).type != pafs.FileType.Directory:
-                return []
-            schema = pa.schema([TABLES[table].field(c).with_nullable(True) for c in columns])
-            dataset = ds.dataset(base, filesystem=fs, format="parquet", schema=schema)  # skips "." and "_" files
+            dataset = ds.dataset(list(listing.files), filesystem=fs, format="parquet", schema=schema)
             return dataset.to_table(columns=list(columns)).to_pylist()
-        except OSError as exc:
-            raise StoreError(f"--store {self.location}: cannot read {base}: {one_line(exc, with_type=False)}") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"--store {self.location}: cannot read {table}: {one_line(exc, with_type=False)}") from None
+
+
+#: S3 requests give up within seconds when the endpoint is unreachable, instead of the
+#: minutes the AWS SDK's own retries take (a closed port, a firewall that drops packets,
+#: a server that accepts and never answers). `connect_timeout` covers TCP and TLS setup;
+#: the AWS SDK's default is 1 s, which a slow link can miss, hence 3. `request_timeout`
+#: is the SDK's default, 3 s, made explicit: pyarrow passes it on on Windows and macOS
+#: only; on Linux the SDK's curl client aborts a transfer that moves less than 1 byte/s
+#: for those 3 s anyway. 3 attempts: the default of the AWS SDKs' "standard" retry mode
+#: (AWS SDKs and Tools Reference Guide, "Retry behavior"), with its backoff. Worst case
+#: for one request: about 3 x 3 s plus backoff, so a few seconds to a dozen.
+S3_CONNECT_TIMEOUT_S = 3.0
+S3_REQUEST_TIMEOUT_S = 3.0
+S3_MAX_ATTEMPTS = 3
+
+
+def _bounded(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """`fs` with bounded timeouts and retries, if it is S3; every option the URI set
+    (region, endpoint_override, scheme, ...) kept. pyarrow's S3 URIs take no timeout
+    options, so these cannot clash with the user's."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    _, (options,) = fs.__reduce__()  # the options it was built with, as pickling keeps them
+    options.update(
+        connect_timeout=S3_CONNECT_TIMEOUT_S,
+        request_timeout=S3_REQUEST_TIMEOUT_S,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+    )
+    return pafs.S3FileSystem(**options)
+
+
+#: Where `probe_write` puts its objects: a hidden name at the store's root, which no
+#: reader reads (readers skip names that start with "_" or ".").
+PROBE_DIR = "_probe"
+
+
+def probe_write(store: Store, name: str) -> str:
+    """Write a small object `<root>/_probe/<name>` and delete it: can this process write
+    `store`? Returns its path; raises StoreError naming the store and why not."""
+    fs, root = store.filesystem()
+    path = f"{root}/{PROBE_DIR}/{name}"
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            fs.create_dir(f"{root}/{PROBE_DIR}", recursive=True)  # an object store needs none
+        with fs.open_output_stream(path) as out:
+            out.write(b"stepscope store probe\n")
+    except OSError as exc:  # no such bucket, access denied, unreachable endpoint, read-only mount
+        raise StoreError(f"--store {store.location}: cannot write {path}: {one_line(exc, with_type=False)}") from None
+    try:
+        fs.delete_file(path)
+    except OSError:  # writing is what trials need; a probe left behind is hidden from readers
+        pass
+    return path
 
 
 def _write_local_atomic(data: pa.Table, directory: str, final: str) -> None:

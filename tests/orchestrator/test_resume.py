@@ -1,0 +1,42 @@
+"""How a sweep counts a trial's status: what `--resume` reruns, the exit code, the summary."""
+
+from __future__ import annotations
+
+from stepscope.orchestrator.cli import _summary
+from stepscope.orchestrator.grid import expand
+from stepscope.orchestrator.resume import pick_sweep
+from stepscope.orchestrator.scheduler import SweepOutcome, TrialOutcome, sweep_row
+from stepscope.orchestrator.spec import load_spec
+from stepscope.workloads.measure.runner import failed_row
+from stepscope.workloads.storage.schema import TrialStatus
+from stepscope.workloads.storage.store import Store
+
+SPEC = "name: r\nfixed: {iterations: 1, warmup: 0}\ngrid: {workload: [mlp], batch_size: [1, 2, 3, 4, 5]}\n"
+STATUSES = ("ok", "oom", "failed", "timeout", "nonfinite")
+
+
+def test_resume_reruns_a_nonfinite_trial_as_it_does_a_failed_one(write_spec, tmp_path):
+    spec = load_spec(write_spec(SPEC))
+    trials = expand(spec, None)
+    store = Store(str(tmp_path / "s"))
+    store.write_sweep(sweep_row(spec, "r-1", len(trials), None))
+    for trial, status in zip(trials, STATUSES, strict=True):
+        store.write_trial("r-1", trial.trial_id, failed_row(trial, "r-1", "x", 1, status=TrialStatus(status)), [])
+    chosen = pick_sweep(store, spec, sweep_id=None, resume=True)
+    assert chosen.sweep_id == "r-1"
+    assert chosen.done_ids == {trials[0].trial_id, trials[1].trial_id}  # ok and oom only
+
+
+def test_a_nonfinite_trial_fails_the_sweep_and_is_listed_in_the_summary(write_spec, tmp_path, capsys):
+    spec = load_spec(write_spec(SPEC))
+    trials = expand(spec, None)
+    outcome = SweepOutcome("r-1", total=2)
+    outcome.outcomes.append(TrialOutcome(trials[0], TrialStatus.OK, None, 10.0, 1.0, 1))
+    assert outcome.all_results  # exit code 0
+    error = "loss became nan at iteration 3 (measured step 1)"
+    outcome.outcomes.append(TrialOutcome(trials[1], TrialStatus.NONFINITE, error, 10.0, 1.0, 1))
+    assert not outcome.all_results  # exit code 1
+    _summary(outcome, Store(str(tmp_path / "s")))
+    out = capsys.readouterr().out
+    assert "r-1: 2 trials run (1 ok, 1 nonfinite)" in out
+    assert f"  nonfinite: {trials[1].label} [{trials[1].trial_id}]: {error}" in out
