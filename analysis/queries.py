@@ -23,7 +23,13 @@ views.sql (staging: the stored tables renamed and cast) and intermediate.sql
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import select
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +250,8 @@ def _is_number(text: str) -> bool:
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str] | None) -> Rows:
     try:
         cursor = con.execute(sql, params) if params else con.execute(sql)
+    except duckdb.InterruptException:
+        raise QueryInterrupted from None
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from None
     except RuntimeError as exc:
@@ -259,6 +267,8 @@ def _batches(cursor: duckdb.DuckDBPyConnection) -> Iterator[list[tuple]]:
     while True:
         try:
             batch = cursor.fetchmany(BATCH_ROWS)
+        except duckdb.InterruptException:
+            raise QueryInterrupted from None
         except duckdb.Error as exc:  # e.g. a cast that fails on a row far down
             raise QueryError(str(exc)) from None
         except RuntimeError as exc:
@@ -267,6 +277,65 @@ def _batches(cursor: duckdb.DuckDBPyConnection) -> Iterator[list[tuple]]:
         if not batch:
             return
         yield batch
+
+
+class QueryInterrupted(Exception):
+    """DuckDB stopped a query because `con.interrupt()` was called (see `watch`)."""
+
+
+@contextlib.contextmanager
+def watch(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> Iterator[None]:
+    """Run and read a query inside this block to stop it on Ctrl-C (KeyboardInterrupt) or
+    after `timeout` seconds (QueryError naming --timeout).
+
+    DuckDB's own check for Ctrl-C is not reliable during a long query (it may never come
+    back; duckdb/duckdb#15925), but `con.interrupt()` from another thread is. So a watcher
+    thread waits on Python's signal wakeup fd, to which the interpreter's C-level handler
+    writes the signal number at once, whatever the main thread is doing, and on the
+    clock; either one interrupts the connection. The wakeup fd can be set from the main
+    thread only; elsewhere only the timeout is watched.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    stop_r, stop_w = os.pipe()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    why: list[str] = []
+
+    def watcher() -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([read_fd, stop_r], [], [], left)
+            if stop_r in ready:
+                return
+            if read_fd in ready:
+                if signal.SIGINT in os.read(read_fd, 64):
+                    why.append("interrupt")
+                    con.interrupt()
+                    return
+                continue  # another signal: not ours to act on
+            why.append("timeout")
+            con.interrupt()
+            return
+
+    thread = threading.Thread(target=watcher, name="stepscope-query-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    except QueryInterrupted:
+        if why == ["timeout"]:
+            raise QueryError(f"the query ran past --timeout {timeout:g} s and was stopped; raise --timeout, "
+                             "or narrow the query") from None
+        raise KeyboardInterrupt from None
+    finally:
+        os.write(stop_w, b"x")
+        thread.join()
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        for fd in (read_fd, write_fd, stop_r, stop_w):
+            os.close(fd)
 
 
 def _reraise_interrupt(exc: RuntimeError) -> None:

@@ -505,14 +505,20 @@ def workloads(fmt: str | None, max_rows: int | None) -> None:
 # ---------------------------------------------------------------- query / sql
 
 
+timeout_option = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+    help="Stop the query after this many seconds (default: none; Ctrl-C stops it too).")
+
+
 @cli.command()
 @click.argument("name", required=False)
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Query parameter (repeatable).")
 @click.option("--list", "list_", is_flag=True, help="List the named queries with their descriptions.")
 @store_option
 @output_options
+@timeout_option
 def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | None, fmt: str | None,
-          max_rows: int | None) -> None:
+          max_rows: int | None, timeout: float | None) -> None:
     """Run the named query queries/NAME.sql against the store.
 
     Example:
@@ -520,7 +526,7 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         stepscope query --list
         stepscope query phase_breakdown -p sweep=all --format markdown
     """
-    from stepscope.analysis.queries import list_queries, stream_query
+    from stepscope.analysis.queries import list_queries, stream_query, watch
     from stepscope.analysis.warehouse import connect
 
     if list_:
@@ -535,8 +541,10 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="-p")
         bound[key] = value
-    result = stream_query(connect(resolve_store(store)), name, bound)
-    write_rows(result.columns, result.batches, fmt, max_rows)
+    con = connect(resolve_store(store))
+    with watch(con, timeout):
+        result = stream_query(con, name, bound)
+        write_rows(result.columns, result.batches, fmt, max_rows)
 
 
 # SQL may open with a `--` comment, which Click would take for an option: an unknown
@@ -546,18 +554,21 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
 @click.argument("sql_text", metavar="SQL")
 @store_option
 @output_options
-def sql(sql_text: str, store: str | None, fmt: str | None, max_rows: int | None) -> None:
+@timeout_option
+def sql(sql_text: str, store: str | None, fmt: str | None, max_rows: int | None, timeout: float | None) -> None:
     """Run ad hoc SQL against the store's views (sweeps, trials, steps, ...).
 
     Example:
 
         stepscope sql "select workload, precision, median(samples_per_s) from trials group by all"
     """
-    from stepscope.analysis.queries import stream_sql
+    from stepscope.analysis.queries import stream_sql, watch
     from stepscope.analysis.warehouse import connect
 
-    result = stream_sql(connect(resolve_store(store)), sql_text)
-    write_rows(result.columns, result.batches, fmt, max_rows)
+    con = connect(resolve_store(store))
+    with watch(con, timeout):
+        result = stream_sql(con, sql_text)
+        write_rows(result.columns, result.batches, fmt, max_rows)
 
 
 # ---------------------------------------------------------------- store
