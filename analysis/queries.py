@@ -24,6 +24,7 @@ views.sql (staging: the stored tables renamed and cast) and intermediate.sql
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import select
@@ -160,6 +161,14 @@ ALLOWED_STATEMENTS = frozenset({
     "SELECT", "EXPLAIN", "PREPARE", "EXECUTE", "CREATE", "CREATE_FUNC", "DROP", "ALTER", "INSERT", "UPDATE",
     "DELETE", "MERGE_INTO", "PRAGMA", "CALL", "TRANSACTION", "ANALYZE", "VARIABLE_SET",
 })
+#: The PRAGMAs that only read the catalog (the others change settings, which the locked
+#: configuration refuses anyway, or read and run files: import_database).
+READ_ONLY_PRAGMAS = frozenset({
+    "version", "platform", "user_agent", "show", "show_tables", "show_tables_expanded", "show_databases",
+    "table_info", "database_list", "database_size", "functions", "collations", "storage_info",
+    "metadata_info",
+})
+_PRAGMA_NAME = re.compile(r"pragma\s+(\w+)", re.I)
 #: EXPLAIN [ANALYZE] [(options)] <statement>; PREPARE name [(types)] AS <statement>.
 _WRAPPER = {
     "EXPLAIN": re.compile(r"explain(?:\s+analyze)?(?:\s*\([^)]*\))?\s+(?P<inner>.*)", re.I | re.S),
@@ -204,6 +213,9 @@ def _refused(con: duckdb.DuckDBPyConnection, statement, depth: int = 0) -> set[s
     kind = statement.type.name
     if kind not in ALLOWED_STATEMENTS:
         return {kind}
+    if kind == "PRAGMA":
+        name = _PRAGMA_NAME.match(_LEADING_COMMENTS.sub("", statement.query, count=1))
+        return set() if name and name[1].lower() in READ_ONLY_PRAGMAS else {f"PRAGMA {name[1] if name else ''}".strip()}
     wrapper = _WRAPPER.get(kind)
     if wrapper is None:
         return set()
@@ -240,11 +252,11 @@ def bind(query: QueryInfo, params: dict[str, str]) -> dict[str, str]:
 
 
 def _is_number(text: str) -> bool:
+    """A finite number (`nan` and `inf` parse as floats but compare to nothing useful)."""
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str] | None) -> Rows:

@@ -16,13 +16,17 @@ listed files); a URI store's (s3://...) through the store's pyarrow filesystem a
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
+import weakref
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from stepscope.analysis.queries import views_sql
+from stepscope.errors import one_line
 from stepscope.workloads.storage.layout import StoreWarning, describe_skipped
 from stepscope.workloads.storage.schema import TABLES
 from stepscope.workloads.storage.store import Store, StoreError
@@ -48,23 +52,40 @@ def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
     listings = {table: store.table_files(table) for table in TABLES}
     con = duckdb.connect(":memory:")
     con.execute("set TimeZone = 'UTC'")  # timestamps print the same on every machine
-    for table, schema in TABLES.items():
-        con.register(f"_empty_{table}", schema.empty_table())
-        files = listings[table].files
-        if not files:
-            source = None
-        elif root is not None:
-            source = _local_files(files)
-        else:
-            source = _dataset_files(con, store, table, files)
-        union = f" union all by name select * from {source}" if source else ""
-        con.execute(f"create view raw_{table} as select * from _empty_{table}{union}")
+    _private_temp_directory(con)
+    try:
+        for table, schema in TABLES.items():
+            con.register(f"_empty_{table}", schema.empty_table())
+            files = listings[table].files
+            if not files:
+                source = None
+            elif root is not None and _GLOB_CHARS.isdisjoint(root):
+                source = _local_files(files)
+            else:  # a URI store, or a path DuckDB would read as a pattern: pyarrow reads these files
+                source = _dataset_files(con, store, table, files)
+            union = f" union all by name select * from {source}" if source else ""
+            con.execute(f"create view raw_{table} as select * from _empty_{table}{union}")
+    except duckdb.Error as exc:  # a file that changed between the listing and its read
+        raise StoreError(f"--store {store.location}: cannot read the store: {one_line(exc, with_type=False)}") from None
     con.execute(views_sql())
     _read_only(con, root)
     skipped = [s for listing in listings.values() for s in listing.skipped]
     for line in describe_skipped(skipped):
         warnings.warn(StoreWarning(line), stacklevel=2)
     return con
+
+
+#: Characters DuckDB reads as a glob in a path, even in a list of paths.
+_GLOB_CHARS = frozenset("*?[]{}")
+
+
+def _private_temp_directory(con: duckdb.DuckDBPyConnection) -> None:
+    """Spill to a private temporary folder, removed with the connection, instead of
+    DuckDB's default `.tmp` in the working directory, which DuckDB would also add to the
+    directories a read-only connection may read."""
+    path = tempfile.mkdtemp(prefix="stepscope-duckdb-")
+    con.execute(f"set temp_directory = {_sql_string(path)}")
+    weakref.finalize(con, shutil.rmtree, path, True)
 
 
 def _read_only(con: duckdb.DuckDBPyConnection, root: str | None) -> None:
@@ -85,8 +106,8 @@ def _read_only(con: duckdb.DuckDBPyConnection, root: str | None) -> None:
 
 
 def _local_files(files: tuple[str, ...]) -> str:
-    """A read_parquet() call over exactly these files: named one by one, never a glob,
-    so hidden files and a store path with glob characters read like any other."""
+    """A read_parquet() call over exactly these files, named one by one (their paths hold
+    no glob character: DuckDB would expand it), so hidden files are never read."""
     paths = "[" + ", ".join(map(_sql_string, files)) + "]"
     # sweep_id is a column of every file, so the hive directory names are not needed.
     return f"read_parquet({paths}, union_by_name = true, hive_partitioning = false)"

@@ -7,6 +7,7 @@ Ray and torch are imported only by the commands that need them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -254,6 +255,9 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
     chosen = pick_sweep(st, spec, sweep_id=sweep_id, resume=resume)
     if resume and chosen.new:
         click.echo(f"nothing to resume for {spec.name} in {st.location}: starting sweep {chosen.sweep_id}", err=True)
+    if st.local_root is not None:  # this host writes a local store too: find out before Ray starts
+        _probe_local(st)
+    resume_hint = _command("stepscope", "run", spec_path, "--resume", *_store_args(store))
     try:
         with Session(address) as session:
             trials, _ = plan_trials(spec, session.nodes())
@@ -263,7 +267,9 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
             )
     except KeyboardInterrupt:
         outcome = None
-    resume_hint = _command("stepscope", "run", spec_path, "--resume", *_store_args(store))
+    except StoreError as exc:  # the store stopped taking writes mid-sweep (full, removed, remounted)
+        raise StoreError(f"{exc}; trials stored before this stay stored: fix the store, then resume with: "
+                         f"{resume_hint}") from None
     if outcome is None or outcome.interrupted:
         stored = "finished trials are stored" if outcome is None else (
             f"{outcome.skipped + len(outcome.outcomes)} of {outcome.total} trials are stored"
@@ -272,6 +278,31 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
         sys.exit(EXIT_INTERRUPTED)
     _summary(outcome, st)
     sys.exit(EXIT_OK if outcome.all_results else EXIT_TRIALS_FAILED)
+
+
+def _probe_local(st: Store) -> None:
+    """Can this host write the local store? StoreError when not. An existing store gets a
+    probe file written and deleted; a store yet to be made is not made here (a run that
+    stops before its first trial leaves no folder): its nearest existing parent must be a
+    folder this process may write in."""
+    import uuid
+
+    from stepscope.workloads.storage.store import PROBE_DIR, probe_write
+
+    root = st.local_root
+    if os.path.isdir(root):
+        probe_write(st, f"driver-{uuid.uuid4().hex[:12]}")
+        with contextlib.suppress(OSError):  # other probes may be running
+            os.rmdir(os.path.join(root, PROBE_DIR))
+        return
+    parent = root
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StoreError(f"--store {st.location}: cannot write there: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"--store {st.location}: cannot write there: {parent} is not writable (read-only, "
+                         "or not yours); give a store you can write")
 
 
 def _summary(outcome, st: Store) -> None:
@@ -630,16 +661,17 @@ def store_clean(store: str | None, older_than: str, dry_run: bool) -> None:
 
         stepscope store clean --dry-run
     """
-    cutoff = time.time() - _parse_age(older_than)
+    age = _parse_age(older_than)
+    cutoff = time.time() - age
     st = Store(resolve_store(store))
     report = _inspect(st)
     fs, _ = st.filesystem()
     removed = kept = 0
     for item in report.leftovers:
-        if item.mtime is not None and item.mtime > cutoff:
+        # A file whose age the filesystem does not tell is kept, unless --older-than 0 asks for all.
+        if (item.mtime is None and age > 0) or (item.mtime is not None and item.mtime > cutoff):
             kept += 1
             continue
-        click.echo(f"{'would remove' if dry_run else 'removed'} {item.kind}: {item.path}")
         if not dry_run:
             try:
                 fs.delete_file(item.path)
@@ -647,6 +679,7 @@ def store_clean(store: str | None, older_than: str, dry_run: bool) -> None:
                 continue  # its writer finished or another clean removed it
             except OSError as exc:
                 raise StoreError(f"--store {st.location}: cannot remove {item.path}: {one_line(exc, with_type=False)}") from None
+        click.echo(f"{'would remove' if dry_run else 'removed'} {item.kind}: {item.path}")
         removed += 1
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {removed} leftover file(s); kept {kept} younger than {older_than}"
@@ -654,9 +687,20 @@ def store_clean(store: str | None, older_than: str, dry_run: bool) -> None:
 
 
 def _inspect(st: Store):
+    import pyarrow.fs as pafs
+
     from stepscope.workloads.storage.layout import TableUnreadable, inspect_store
 
     fs, root = st.filesystem()
+    try:
+        info = fs.get_file_info(root)
+    except OSError as exc:
+        raise StoreError(f"--store {st.location}: {one_line(exc, with_type=False)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise StoreError(f"--store {st.location}: no store there (nothing was ever written to it); "
+                         "give the store a sweep wrote to")
+    if info.type != pafs.FileType.Directory:
+        raise StoreError(f"--store {st.location}: is a file, not a directory; give a store directory or a URI")
     try:
         return inspect_store(fs, root)
     except TableUnreadable as exc:

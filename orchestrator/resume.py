@@ -37,9 +37,18 @@ def pick_sweep(store: Store, spec: SweepSpec, *, sweep_id: str | None, resume: b
     exists = any(r["sweep_id"] == sweep_id for r in sweeps)
     done: frozenset[str] = frozenset()
     if resume:
-        done = frozenset(
-            r["trial_id"]
-            for r in store.read_rows("trials", ["sweep_id", "trial_id", "status"])
-            if r["sweep_id"] == sweep_id and r["status"] in RESULT_STATUSES
-        )
+        # A trial's latest attempt decides, as in the trials view (one row per trial).
+        latest: dict[str, dict] = {}
+        for r in store.read_rows("trials", ["sweep_id", "trial_id", "status", "attempt", "ended_at"]):
+            if r["sweep_id"] == sweep_id:
+                seen = latest.get(r["trial_id"])
+                if seen is None or _attempt_order(r) > _attempt_order(seen):
+                    latest[r["trial_id"]] = r
+        done = frozenset(t for t, r in latest.items() if r["status"] in RESULT_STATUSES)
     return ChosenSweep(sweep_id, not exists, done)
+
+
+def _attempt_order(row: dict) -> tuple:
+    """Later attempts, then later ends, sort last (nulls first), as the trials view orders them."""
+    attempt, ended = row["attempt"], row["ended_at"]
+    return (attempt is not None, attempt or 0, ended is not None, ended.timestamp() if ended else 0.0)

@@ -43,3 +43,9 @@ def test_an_empty_store_option_is_an_error(cli_runner):
     result = cli_runner("sql", "select 1", "--store", "")
     assert result.exit_code == 2
     assert result.output.strip() == "Error: --store: empty store location; give a directory or a URI (or leave --store out)"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_number_is_refused(value, two_sweeps):
+    with pytest.raises(QueryError, match=f"-p threshold={value}: expected a number"):
+        run_query(connect(two_sweeps), "launch_bound", {"threshold": value})

@@ -44,6 +44,7 @@ def attacks(store_root: str, outside: str) -> dict[str, str]:
         "a prepared copy behind a comment": f"/* hi */ prepare \"q\" as copy (select 1) to '{store_root}/q.csv'",
         "explain of a prepared copy": f"explain prepare p as copy (select 1) to '{store_root}/e.csv'",
         "not UTF-8": "select '\udcff'",
+        "import_database runs a folder's SQL": f"pragma import_database('{store_root}')",
     }
 
 
@@ -107,3 +108,16 @@ def test_explain_and_prepare_of_a_query_still_run(filled):
         ["n"], [(1,)])
     columns, rows = run_sql(con, "explain analyze select count(*) from trials")
     assert rows
+
+
+def test_duckdb_temp_folder_is_private_not_the_working_directory(filled, tmp_path, monkeypatch):
+    # DuckDB's default temp_directory is `.tmp` in the working directory, and it adds it to the
+    # directories a locked connection may read: a file there would be readable.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.txt").write_text("a secret")
+    con = connect(filled)
+    with pytest.raises(QueryError, match="Permission Error"):
+        run_sql(con, "select * from read_text('.tmp/secret.txt')")
+    allowed = run_sql(con, "select current_setting('allowed_directories')")[1][0][0]
+    assert str(tmp_path / ".tmp") not in str(allowed)

@@ -258,3 +258,54 @@ def test_store_check_lists_and_store_clean_removes_what_killed_writers_left(pris
     assert after.exit_code == 0, after.stdout
     assert [r.stdout for r in answers(store)] == expected
     assert run(store, "store", "clean", "--older-than", "soon").exit_code == 2
+
+
+def test_store_clean_keeps_the_steps_of_a_trial_whose_trials_file_is_damaged(pristine, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(pristine, store)
+    damaged = truncated_trials = trial_files(store)[0]
+    truncated_trials.write_bytes(truncated_trials.read_bytes()[:100])
+    result = run(store, "store", "clean", "--older-than", "0")
+    assert result.exit_code == 0 and "removed 0 leftover file(s)" in result.stdout, result.output
+    for table in ("steps", "devices"):
+        assert (store / table / f"sweep_id={SWEEP}" / damaged.name).exists()
+
+
+def test_a_store_path_that_is_a_pattern_reads_only_itself(pristine, expected, tmp_path):
+    # DuckDB expands glob characters even in a list of paths: `s[1]` would read `s1`.
+    store, sibling = tmp_path / "s[1]", tmp_path / "s1"
+    shutil.copytree(pristine, store)
+    shutil.copytree(pristine, sibling)
+    copied_under_another_name(sibling)  # the sibling differs: reading it would show
+    results = answers(store)
+    assert [r.stdout for r in results] == expected and not any(r.stderr for r in results)
+
+
+def test_a_dangling_link_is_named_not_dropped(pristine, expected, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(pristine, store)
+    link = store / "trials" / "sweep_id=gone"
+    link.symlink_to(tmp_path / "unmounted")
+    results = answers(store)
+    assert [r.stdout for r in results] == expected
+    assert all(f"skipped {link}: a link to" in r.stderr for r in results)
+    assert run(store, "store", "check").exit_code == 1
+
+
+@pytest.mark.parametrize("what", ["a file", "nothing"])
+def test_store_check_on_something_that_is_no_store_is_an_error(what, tmp_path):
+    path = tmp_path / "results"
+    if what == "a file":
+        path.write_text("x")
+    for command in (("store", "check"), ("store", "clean")):
+        result = run(path, *command)
+        assert result.exit_code == 2 and result.stderr.startswith(f"Error: --store {path}: "), result.output
+
+
+def test_run_into_a_store_it_cannot_write_stops_before_anything_runs(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "spec.yaml").write_text("name: w\ngrid: {workload: [mlp]}\n")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "afile" / "s")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: --store {tmp_path / 'afile' / 's'}: cannot write ") and \
+        result.stderr.count("\n") == 1, result.output

@@ -40,3 +40,22 @@ def test_a_nonfinite_trial_fails_the_sweep_and_is_listed_in_the_summary(write_sp
     out = capsys.readouterr().out
     assert "r-1: 2 trials run (1 ok, 1 nonfinite)" in out
     assert f"  nonfinite: {trials[1].label} [{trials[1].trial_id}]: {error}" in out
+
+
+def test_resume_reads_a_trials_latest_attempt_as_the_views_do(write_spec, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stepscope.workloads.storage.schema import TRIALS
+
+    spec = load_spec(write_spec(SPEC))
+    trials = expand(spec, None)
+    store = Store(str(tmp_path / "s"))
+    store.write_sweep(sweep_row(spec, "r-1", len(trials), None))
+    for trial, (first, second) in zip(trials[:2], [("ok", "failed"), ("failed", "ok")], strict=True):
+        rows = [failed_row(trial, "r-1", "x", attempt, status=TrialStatus(status))
+                for attempt, status in ((2, second), (1, first))]  # the later attempt first in the file
+        store.write_trial("r-1", trial.trial_id, rows[0], [])
+        pq.write_table(pa.Table.from_pylist(rows, schema=TRIALS), f"{tmp_path}/s/trials/sweep_id=r-1/{trial.trial_id}.parquet")
+    chosen = pick_sweep(store, spec, sweep_id=None, resume=True)
+    assert chosen.done_ids == {trials[1].trial_id}  # attempt 2 ended ok; the other's attempt 2 failed

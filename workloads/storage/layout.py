@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -43,6 +44,9 @@ from stepscope.workloads.storage.schema import TABLES
 PARTITION_PREFIX = "sweep_id="
 #: The one file of a `sweeps` partition.
 SWEEP_STEM = "sweep"
+#: Footers read at once: an object store answers each in a round trip, so listing a
+#: large store is bound by latency, not by these threads.
+CHECK_THREADS = 16
 #: `Store.write`'s temporary name: `.<final name>.<uuid4 hex>.tmp` beside the final file.
 TEMPORARY = re.compile(r"^\..+\.parquet\.[0-9a-f]{32}\.tmp$")
 
@@ -55,7 +59,9 @@ class SkippedFile:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        # A name with a newline or another control character is shown quoted, on one line.
+        path = self.path if self.path.isprintable() else ascii(self.path)
+        return f"{path}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,8 @@ class TableFiles:
     temporary: tuple[TempFile, ...] = ()
     #: (sweep_id, trial_id) of every file read, in `files` order.
     keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: (sweep_id, file name without .parquet) of every data file present, read or skipped.
+    names: frozenset[tuple[str, str]] = field(default=frozenset(), repr=False)
 
 
 class StoreWarning(UserWarning):
@@ -104,10 +112,9 @@ def list_table(fs: pafs.FileSystem, root: str, table: str) -> TableFiles:
         raise TableUnreadable(f"{base}: is not a directory; the store's {table} table must be a folder "
                               f"(move the file away, or point --store at another directory)")
     entries = _listdir(fs, base, table)
-    files: list[str] = []
-    keys: list[tuple[str, str]] = []
-    skipped: list[SkippedFile] = []
+    skipped: list[SkippedFile] = _dangling(fs, base, entries)
     temporary: list[TempFile] = []
+    candidates: list[tuple[pafs.FileInfo, str]] = []  # (file, its partition's sweep id)
     for entry in entries:
         name = entry.base_name
         if _hidden(name):
@@ -117,19 +124,26 @@ def list_table(fs: pafs.FileSystem, root: str, table: str) -> TableFiles:
                                                    f"{PARTITION_PREFIX}<id>/<name>.parquet)"))
             continue
         sweep_id = name[len(PARTITION_PREFIX):]
-        for item in _listdir(fs, entry.path, table):
+        items = _listdir(fs, entry.path, table)
+        skipped += _dangling(fs, entry.path, items)
+        for item in items:
             if TEMPORARY.match(item.base_name):
                 mtime = item.mtime.timestamp() if item.mtime is not None else None
                 temporary.append(TempFile(item.path, mtime))
-                continue
-            if _hidden(item.base_name):
-                continue
-            reason, trial_id = _check_file(fs, item, table, sweep_id)
-            if reason is None:
-                files.append(item.path)
-                keys.append((sweep_id, trial_id))
-            else:
-                skipped.append(SkippedFile(item.path, reason))
+            elif not _hidden(item.base_name):
+                candidates.append((item, sweep_id))
+    # A footer read per file: in parallel, since on an object store each is a round trip.
+    with ThreadPoolExecutor(max_workers=max(1, min(CHECK_THREADS, len(candidates)))) as pool:
+        verdicts = list(pool.map(lambda c: _check_file(fs, c[0], table, c[1]), candidates))
+    files: list[str] = []
+    keys: list[tuple[str, str]] = []
+    for (item, sweep_id), (reason, trial_id) in zip(candidates, verdicts, strict=True):
+        if reason is None:
+            files.append(item.path)
+            keys.append((sweep_id, trial_id))
+        else:
+            skipped.append(SkippedFile(item.path, reason))
+    names = frozenset((sweep_id, item.base_name.removesuffix(".parquet")) for item, sweep_id in candidates)
     order = sorted(range(len(files)), key=files.__getitem__)
     return TableFiles(
         table,
@@ -137,7 +151,27 @@ def list_table(fs: pafs.FileSystem, root: str, table: str) -> TableFiles:
         skipped=tuple(sorted(skipped, key=lambda s: s.path)),
         temporary=tuple(sorted(temporary, key=lambda t: t.path)),
         keys=tuple(keys[i] for i in order),
+        names=names,
     )
+
+
+def _dangling(fs: pafs.FileSystem, directory: str, listed: list[pafs.FileInfo]) -> list[SkippedFile]:
+    """Links in a local `directory` whose target is missing: pyarrow's listing leaves them
+    out without a word, so they are named here (a partition or a file gone missing)."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return []
+    seen = {i.base_name for i in listed}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [
+        SkippedFile(os.path.join(directory, n), f"a link to {os.readlink(os.path.join(directory, n))!r}, "
+                                                "which does not exist")
+        for n in sorted(names)
+        if n not in seen and not _hidden(n) and os.path.islink(os.path.join(directory, n))
+        and not os.path.exists(os.path.join(directory, n))
+    ]
 
 
 def _hidden(name: str) -> bool:
@@ -287,7 +321,9 @@ def inspect_store(fs: pafs.FileSystem, root: str) -> StoreReport:
     """List every table of the store at `root` and find the leftovers of killed writers.
     Raises TableUnreadable as `list_table` does."""
     tables = {table: list_table(fs, root, table) for table in TABLES}
-    committed = set(tables["trials"].keys)
+    # A trial is committed when its trials file is there, read or skipped: the steps of a
+    # trial whose trials file is damaged are that trial's data, not a killed writer's leftover.
+    committed = set(tables["trials"].names)
     leftovers = [Leftover(t.path, "temporary", t.mtime) for listing in tables.values() for t in listing.temporary]
     for table in ("steps", "devices"):
         listing = tables[table]

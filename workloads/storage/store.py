@@ -91,7 +91,10 @@ class Store:
         directory = f"{root}/{table}/sweep_id={sweep_id}"
         final = f"{directory}/{stem}.parquet"
         if isinstance(fs, pafs.LocalFileSystem):
-            _write_local_atomic(data, directory, final)
+            try:
+                _write_local_atomic(data, directory, final)
+            except OSError as exc:  # a file where a folder should be, a full disk, a read-only mount
+                raise StoreError(f"--store {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
         else:
             # One object, one upload: S3 shows it only once the upload completes, so a
             # killed writer leaves at most an unfinished (invisible) multipart upload.
