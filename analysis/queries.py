@@ -252,9 +252,10 @@ def bind(query: QueryInfo, params: dict[str, str]) -> dict[str, str]:
 
 
 def _is_number(text: str) -> bool:
-    """A finite number (`nan` and `inf` parse as floats but compare to nothing useful)."""
+    """A finite number in ASCII digits (`nan` and `inf` parse as floats but compare to nothing
+    useful; Python reads other scripts' digits, DuckDB does not)."""
     try:
-        return math.isfinite(float(text))
+        return text.isascii() and math.isfinite(float(text))
     except ValueError:
         return False
 
@@ -318,26 +319,27 @@ def watch(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> Itera
     def watcher() -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if why:  # interrupt again and again until the block ends: an interrupt that comes
+                left = 0.1  # before DuckDB has started the query is not kept for it
+            else:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([read_fd, stop_r], [], [], left)
             if stop_r in ready:
                 return
             if read_fd in ready:
-                if signal.SIGINT in os.read(read_fd, 64):
-                    why.append("interrupt")
-                    con.interrupt()
-                    return
-                continue  # another signal: not ours to act on
-            why.append("timeout")
-            con.interrupt()
-            return
+                if signal.SIGINT in os.read(read_fd, 64) and "interrupt" not in why:
+                    why.append("interrupt")  # another signal is not ours to act on
+            elif not why:
+                why.append("timeout")
+            if why:
+                con.interrupt()
 
     thread = threading.Thread(target=watcher, name="stepscope-query-watch", daemon=True)
     thread.start()
     try:
         yield
     except QueryInterrupted:
-        if why == ["timeout"]:
+        if why[:1] == ["timeout"]:
             raise QueryError(f"the query ran past --timeout {timeout:g} s and was stopped; raise --timeout, "
                              "or narrow the query") from None
         raise KeyboardInterrupt from None

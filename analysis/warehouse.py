@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 
 from stepscope.analysis.queries import views_sql
 from stepscope.errors import one_line
-from stepscope.workloads.storage.layout import StoreWarning, describe_skipped
+from stepscope.workloads.storage.layout import GLOB_CHARS, StoreWarning, describe_skipped
 from stepscope.workloads.storage.schema import TABLES
 from stepscope.workloads.storage.store import Store, StoreError
 
@@ -59,7 +59,7 @@ def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
             files = listings[table].files
             if not files:
                 source = None
-            elif root is not None and _GLOB_CHARS.isdisjoint(root):
+            elif root is not None and GLOB_CHARS.isdisjoint(root):
                 source = _local_files(files)
             else:  # a URI store, or a path DuckDB would read as a pattern: pyarrow reads these files
                 source = _dataset_files(con, store, table, files)
@@ -73,10 +73,6 @@ def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
     for line in describe_skipped(skipped):
         warnings.warn(StoreWarning(line), stacklevel=2)
     return con
-
-
-#: Characters DuckDB reads as a glob in a path, even in a list of paths.
-_GLOB_CHARS = frozenset("*?[]{}")
 
 
 def _private_temp_directory(con: duckdb.DuckDBPyConnection) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import sys
 import threading
@@ -298,11 +299,18 @@ def _probe_local(st: Store) -> None:
     parent = root
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
+    if os.path.islink(parent) and not os.path.exists(parent):
+        raise StoreError(f"--store {st.location}: cannot write there: {parent} is a link to "
+                         f"{os.readlink(parent)!r}, which does not exist")
     if not os.path.isdir(parent):
         raise StoreError(f"--store {st.location}: cannot write there: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"--store {st.location}: cannot write there: {parent} is not writable (read-only, "
-                         "or not yours); give a store you can write")
+    probe = os.path.join(parent, f".stepscope-probe-{uuid.uuid4().hex[:12]}")
+    try:  # a real folder made and removed: permissions alone do not tell (/proc, a read-only mount)
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise StoreError(f"--store {st.location}: cannot write there: cannot make a folder in {parent}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _summary(outcome, st: Store) -> None:
@@ -536,8 +544,15 @@ def workloads(fmt: str | None, max_rows: int | None) -> None:
 # ---------------------------------------------------------------- query / sql
 
 
+def _finite_timeout(ctx, param, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value}: give a number of seconds, or leave --timeout out for none")
+    return value
+
+
 timeout_option = click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+    callback=_finite_timeout,
     help="Stop the query after this many seconds (default: none; Ctrl-C stops it too).")
 
 
@@ -643,6 +658,9 @@ def store_check(store: str | None) -> None:
     if report.skipped:
         click.echo(f"{len(report.skipped)} file(s) skipped by every reader; stepscope did not write them "
                    f"as they are: move or delete them yourself")
+    if not report.orphans_checked:
+        click.echo("steps/devices files without a trials row are not looked for while a trials entry is "
+                   "skipped (it may be their trial's): fix or move the skipped trials entries first")
     if report.skipped or report.leftovers:
         sys.exit(EXIT_TRIALS_FAILED)
 

@@ -39,3 +39,15 @@ def test_timeout_stops_a_long_query_in_one_line(cli_runner, tmp_path):
     assert time.monotonic() - t0 < 20
     fast = cli_runner("query", "trials", "--timeout", "30", "--store", str(tmp_path), "--format", "csv")
     assert fast.exit_code == 0, fast.output
+
+
+def test_a_timeout_that_fires_before_the_query_starts_still_stops_it(cli_runner, tmp_path):
+    # An interrupt DuckDB receives before the query runs is not kept: the watcher repeats it.
+    result = cli_runner("sql", LONG, "--timeout", "1e-9", "--store", str(tmp_path))
+    assert result.exit_code == 2 and "ran past --timeout" in result.output
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_timeout_must_be_a_finite_number(value, cli_runner, tmp_path):
+    result = cli_runner("sql", "select 1", "--timeout", value, "--store", str(tmp_path))
+    assert result.exit_code == 2 and "give a number of seconds" in result.output

@@ -160,11 +160,19 @@ def a_newer_writers_extra_column(store):
     rewrite(trial_files(store)[0], lambda t: t.append_column("from_the_future", pa.array([1.5] * t.num_rows)))
 
 
+def partition_named_like_a_pattern(store):
+    # DuckDB would read `sweep_id=faults-1*` as a pattern that matches the real partition too.
+    target = store / "trials" / f"sweep_id={SWEEP}*"
+    shutil.copytree(trial_files(store)[0].parent, target)
+    return target
+
+
 DAMAGES = [
     hidden_macos_copy, hidden_partial_copy, copied_under_another_name, copied_into_another_sweep,
     steps_file_dropped_into_trials, trials_file_missing_required_columns, trials_file_with_a_wrong_column_type,
     zero_byte_file, truncated_file, random_bytes, file_beside_the_partitions, foreign_file_in_a_partition,
     leftover_temporary_file, orphan_steps_of_an_uncommitted_trial, a_newer_writers_extra_column,
+    partition_named_like_a_pattern,
 ]
 # Damages to a committed trial's own file: the answer is the store without that file.
 LOSES_A_FILE = {trials_file_missing_required_columns, trials_file_with_a_wrong_column_type, zero_byte_file,
@@ -242,7 +250,8 @@ def test_store_check_lists_and_store_clean_removes_what_killed_writers_left(pris
     shutil.copytree(pristine, store)
     leftover_temporary_file(store)
     orphan_steps_of_an_uncommitted_trial(store)
-    foreign = foreign_file_in_a_partition(store)
+    foreign = trial_files(store, "steps")[0].parent / "notes.txt"  # skipped, but no trials entry
+    foreign.write_text("my notes")
     check = run(store, "store", "check")
     assert check.exit_code == 1
     assert "leftover (temporary" in check.stdout and "leftover (orphan" in check.stdout
@@ -309,3 +318,19 @@ def test_run_into_a_store_it_cannot_write_stops_before_anything_runs(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: --store {tmp_path / 'afile' / 's'}: cannot write ") and \
         result.stderr.count("\n") == 1, result.output
+
+
+@pytest.mark.parametrize("how", ["a dangling link", "a renamed file"])
+def test_store_clean_keeps_steps_while_any_trials_entry_is_skipped(how, pristine, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(pristine, store)
+    trials = trial_files(store)[0]
+    trials.unlink() if how == "a dangling link" else trials.rename(trials.with_suffix(".parquet.bak"))
+    if how == "a dangling link":
+        trials.symlink_to(tmp_path / "gone.parquet")
+    result = run(store, "store", "clean", "--older-than", "0")
+    assert result.exit_code == 0 and "removed 0 leftover file(s)" in result.stdout, result.output
+    for table in ("steps", "devices"):
+        assert (store / table / f"sweep_id={SWEEP}" / trials.name).exists()
+    check = run(store, "store", "check")
+    assert "are not looked for while a trials entry is skipped" in check.stdout

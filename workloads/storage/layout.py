@@ -44,6 +44,8 @@ from stepscope.workloads.storage.schema import TABLES
 PARTITION_PREFIX = "sweep_id="
 #: The one file of a `sweeps` partition.
 SWEEP_STEM = "sweep"
+#: Characters a reader (DuckDB) expands as a pattern in a path.
+GLOB_CHARS = frozenset("*?[]{}")
 #: Footers read at once: an object store answers each in a round trip, so listing a
 #: large store is bound by latency, not by these threads.
 CHECK_THREADS = 16
@@ -124,6 +126,9 @@ def list_table(fs: pafs.FileSystem, root: str, table: str) -> TableFiles:
                                                    f"{PARTITION_PREFIX}<id>/<name>.parquet)"))
             continue
         sweep_id = name[len(PARTITION_PREFIX):]
+        if not GLOB_CHARS.isdisjoint(sweep_id):  # no sweep id stepscope makes; a reader would expand it
+            skipped.append(SkippedFile(entry.path, "not a sweep id stepscope writes (it holds a glob character)"))
+            continue
         items = _listdir(fs, entry.path, table)
         skipped += _dangling(fs, entry.path, items)
         for item in items:
@@ -311,6 +316,8 @@ class StoreReport:
 
     tables: tuple[TableFiles, ...]
     leftovers: tuple[Leftover, ...]
+    #: False while some trials entry is skipped: orphans are then not looked for (see inspect_store).
+    orphans_checked: bool = True
 
     @property
     def skipped(self) -> tuple[SkippedFile, ...]:
@@ -325,9 +332,12 @@ def inspect_store(fs: pafs.FileSystem, root: str) -> StoreReport:
     # trial whose trials file is damaged are that trial's data, not a killed writer's leftover.
     committed = set(tables["trials"].names)
     leftovers = [Leftover(t.path, "temporary", t.mtime) for listing in tables.values() for t in listing.temporary]
-    for table in ("steps", "devices"):
+    # While some trials entry cannot be read (damaged, renamed, a dangling link, a broken
+    # partition), no steps file can be called an orphan: its commit record may be that entry.
+    orphans_checked = not tables["trials"].skipped
+    for table in ("steps", "devices") if orphans_checked else ():
         listing = tables[table]
         orphans = [path for path, key in zip(listing.files, listing.keys, strict=True) if key not in committed]
         infos = fs.get_file_info(orphans) if orphans else []
         leftovers += [Leftover(i.path, "orphan", i.mtime.timestamp() if i.mtime is not None else None) for i in infos]
-    return StoreReport(tuple(tables.values()), tuple(sorted(leftovers, key=lambda x: x.path)))
+    return StoreReport(tuple(tables.values()), tuple(sorted(leftovers, key=lambda x: x.path)), orphans_checked)
