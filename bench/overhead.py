@@ -45,8 +45,9 @@ Fairness choices:
   machine).
 - fp32 matmul precision: the runner sets "highest", the default, which the plain side
   therefore shares.
-- CPU only. On a GPU the runner adds one synchronisation per step by design (to read
-  its CUDA events), which is a different question from this one.
+- CPU only. On a GPU the runner reads its CUDA events without waiting for them (the
+  host runs ahead as a plain loop does); `bench/gpu_check.py` sets it against plain GPU
+  loops with and without a per-step sync.
 
 Usage:
 

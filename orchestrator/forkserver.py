@@ -19,6 +19,9 @@ Lifetimes (Linux):
   trial started outlives it.
 - A child that ends without a result (killed by a signal, a segfault, `os._exit`)
   makes `call` raise `ChildDied`; so does a server that died.
+- The server learns of a child's exit from a pidfd (`os.pidfd_open`, Linux 5.3+); where
+  the call is missing or refused (an old kernel, a container's seccomp profile), it
+  polls `waitpid` every 50 ms instead. A refused `prctl` or `setpgid` is tolerated too.
 
 Per call the child takes the client's current environment (Ray sets
 CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS per task; CUDA reads the former only when
@@ -48,6 +51,9 @@ _HEADER = struct.Struct(">Q")  # each message: its length, then a pickle
 #: only the child's own copy (the task's values) can reach torch.
 PER_CALL_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 _PR_SET_PDEATHSIG = 1
+#: How often the server checks on a child when it has no pidfd to wait on (`_open_pidfd`):
+#: a child's exit is seen at most this late.
+_POLL_S = 0.05
 
 
 class ChildDied(RuntimeError):
@@ -174,7 +180,10 @@ def _run_child(request: bytes, req_fd: int, res_fd: int) -> bytes:
     if pid == 0:
         code = 70
         try:
-            os.setpgid(0, 0)
+            try:
+                os.setpgid(0, 0)
+            except OSError:  # refused (a seccomp profile): the server sets it too, or kills the child alone
+                pass
             _die_with_parent(server)
             for fd in (req_fd, res_fd, out_r):
                 os.close(fd)
@@ -199,15 +208,16 @@ def _run_child(request: bytes, req_fd: int, res_fd: int) -> bytes:
 
 def _wait(pid: int, out_r: int, req_fd: int) -> tuple[bytes, int]:
     """The child's reply and its wait status. If the client goes away meanwhile,
-    kill the child (and its subprocesses) and exit."""
-    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    kill the child (and its subprocesses) and exit. Woken by the child's exit through a
+    pidfd where there is one, else by polling waitpid every `_POLL_S` seconds."""
+    pidfd = _open_pidfd(pid)
     os.set_blocking(out_r, False)
     chunks: list[bytes] = []
     watch = [out_r, req_fd] + ([pidfd] if pidfd is not None else [])
     status = None
     try:
         while status is None:
-            ready, _, _ = select.select(watch, [], [], None if pidfd is not None else 0.05)
+            ready, _, _ = select.select(watch, [], [], None if pidfd is not None else _POLL_S)
             if req_fd in ready:  # EOF: the client died or was killed (never a new request while a child runs)
                 _kill(pid)
                 os._exit(0)
@@ -225,6 +235,20 @@ def _wait(pid: int, out_r: int, req_fd: int) -> tuple[bytes, int]:
         pass
     _drain(out_r, chunks)
     return b"".join(chunks), status
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when `pid` exits (Linux >= 5.3), or None:
+    where Python has no `os.pidfd_open` (not Linux), the kernel lacks the call (ENOSYS), or
+    a container's seccomp profile refuses it (EPERM, the answer of a profile that does not
+    list the call). The caller then polls."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return pidfd_open(pid)
+    except OSError:  # ENOSYS, EPERM; also EMFILE: polling needs no descriptor
+        return None
 
 
 def _drain(fd: int, chunks: list[bytes]) -> bool:
@@ -262,6 +286,8 @@ def _describe_status(status: int) -> str:
 
 
 def _die_with_parent(parent: int) -> None:
+    """Ask for SIGKILL when the server dies. A refused prctl (it returns -1 and sets errno;
+    ctypes raises nothing) leaves the child to the server's kill on the client's EOF."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -1,18 +1,26 @@
--- How close each configuration came to what the hardware can do: achieved TFLOP/s and MFU, per step and per phase.
+-- How close each configuration came to what the hardware can do: achieved TFLOP/s, MFU and HFU, per step and per phase.
 --
 -- FLOPs come from an untimed counting pass (forward includes the loss; the
--- optimizer is not counted, as is usual for MFU). Step rates divide the step's
--- FLOPs by the mean measured step (trials.achieved_tflops); phase rates divide
--- forward FLOPs by the median forward + loss ms and backward FLOPs by the median
--- backward ms. MFU is against the dense datasheet peak of the exact GPU variant
--- (null on a CPU or an unknown board) and against the matmul peak measured on the
--- node. A configuration is every parameter but the seed (config_id).
+-- optimizer is not counted, as is usual for MFU). The conventions are PaLM's
+-- (https://arxiv.org/abs/2204.02311, appendix B): model FLOPs = forward +
+-- backward, without the forward that activation checkpointing recomputes;
+-- hardware FLOPs = model FLOPs + that recompute. MFU = model FLOPs / step time /
+-- peak; HFU = hardware FLOPs / step time / peak; they differ only with
+-- checkpointing. Step rates divide a step's FLOPs by the mean measured step
+-- (trials.achieved_tflops, trials.achieved_hardware_tflops); phase rates divide
+-- forward FLOPs by the median forward + loss ms and backward FLOPs (model, no
+-- recompute) by the median backward ms. MFU and HFU are against the dense
+-- datasheet peak of the exact GPU variant (null on a CPU or an unknown board)
+-- and against the matmul peak measured on the node. Trials stored before
+-- recompute was counted apart have null recompute and HFU. A configuration is
+-- every parameter but the seed (config_id).
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, config_id, gpu, gpu_variant,
---   device_name, gflops_per_step, step_tflops, forward_tflops, backward_tflops,
---   peak_tflops_datasheet, peak_tflops_measured, mfu_datasheet, mfu_measured
+--   device_name, gflops_per_step, recompute_gflops_per_step, step_tflops,
+--   hardware_step_tflops, forward_tflops, backward_tflops, peak_tflops_datasheet,
+--   peak_tflops_measured, mfu_datasheet, mfu_measured, hfu_datasheet, hfu_measured
 
 with
 
@@ -62,13 +70,17 @@ per_config as (
         config,
         gpu_variant,
         median(flops_forward + flops_backward) as flops_per_step,
+        median(flops_recompute) as recompute_flops_per_step,
         median(achieved_tflops) as step_tflops,
+        median(achieved_hardware_tflops) as hardware_step_tflops,
         median(forward_tflops) as forward_tflops,
         median(backward_tflops) as backward_tflops,
         max(peak_tflops_datasheet) as peak_tflops_datasheet,
         max(peak_tflops_measured) as peak_tflops_measured,
         median(mfu_datasheet) as mfu_datasheet,
-        median(mfu_measured) as mfu_measured
+        median(mfu_measured) as mfu_measured,
+        median(hfu_datasheet) as hfu_datasheet,
+        median(hfu_measured) as hfu_measured
     from per_trial
     group by config, gpu_variant
 ),
@@ -82,13 +94,17 @@ final as (
         gpu_variant,
         config.device_name,
         round(flops_per_step / 1e9, 3) as gflops_per_step,
+        round(recompute_flops_per_step / 1e9, 3) as recompute_gflops_per_step,
         round(step_tflops, 4) as step_tflops,
+        round(hardware_step_tflops, 4) as hardware_step_tflops,
         round(forward_tflops, 4) as forward_tflops,
         round(backward_tflops, 4) as backward_tflops,
         peak_tflops_datasheet,
         round(peak_tflops_measured, 4) as peak_tflops_measured,
         round(mfu_datasheet, 4) as mfu_datasheet,
-        round(mfu_measured, 4) as mfu_measured
+        round(mfu_measured, 4) as mfu_measured,
+        round(hfu_datasheet, 4) as hfu_datasheet,
+        round(hfu_measured, 4) as hfu_measured
     from per_config
     order by
         config.sweep_id, config.workload, config.batch_size, config.precision, config.config_id, config.gpu,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+import struct
 from dataclasses import dataclass
 
 from stepscope.errors import StepscopeError
@@ -59,7 +60,7 @@ def brief(value: object, limit: int = 80) -> str:
 class Param:
     name: str
     type: type  # int, float, str or bool
-    default: object
+    default: object  # None: no default; left out of a trial's parameters unless set (`eps`)
     help: str
     choices: tuple | None = None
     minimum: float | None = None  # inclusive
@@ -128,6 +129,22 @@ def _num(x: float) -> str:
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "amp_bf16", "amp_fp16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: The optimizers that take `eps` (added to the denominator sqrt(v) + eps of every update).
+EPS_OPTIMIZERS = ("adam", "adamw")
+
+#: float16's smallest normal number, 2**-14 ~= 6.1e-5 (IEEE 754 binary16: 5 exponent bits,
+#: bias 15; https://en.wikipedia.org/wiki/Half-precision_floating-point_format). Below it a
+#: value is subnormal (fewer significant bits) or rounds to 0; float16's largest is 65504.
+FP16_MIN_NORMAL = 2.0**-14
+FP16_MAX = 65504.0
+#: Adam/AdamW's eps for a pure `fp16` trial whose spec does not set `eps`. torch's default,
+#: 1e-8, rounds to 0 in float16: where a gradient's square underflows too, an update divides
+#: by 0 and the first step turns the weights to NaN or Inf (pytorch/pytorch#26218,
+#: https://github.com/pytorch/pytorch/issues/26218). 1e-4 is the fix given by a PyTorch
+#: author in https://discuss.pytorch.org/t/adam-half-precision-nans/1765, and the smallest
+#: power of ten that is a normal float16 number (>= FP16_MIN_NORMAL): the least change to
+#: the update that keeps its denominator away from 0.
+FP16_ADAM_EPS = 1e-4
 DEVICES = ("auto", "cuda", "cpu")
 
 #: Parameters every trial has, whatever its workload (the README's "A sweep spec").
@@ -137,6 +154,10 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("precision", str, "fp32", "numeric precision of the step", choices=PRECISIONS),
     Param("optimizer", str, "adamw", "optimizer the runner builds", choices=OPTIMIZERS),
     Param("lr", float, 1e-3, "learning rate", minimum=0.0),
+    # No default: set only where it matters, so that it joins a trial's id (a hash of the
+    # resolved parameters) only there; see `resolve_eps`.
+    Param("eps", float, None, "Adam/AdamW epsilon, SGD ignores it; unset: torch's 1e-8, "
+          "or 1e-4 for fp16 with adam/adamw (1e-8 is 0 in fp16)", minimum=0.0),
     Param("iterations", int, 20, "measured steps", minimum=1, maximum=MAX_STEPS),
     Param("warmup", int, 5, "steps run first and flagged is_warmup", minimum=0, maximum=MAX_STEPS),
     Param("device", str, "auto", "auto picks cuda when present, else cpu", choices=DEVICES),
@@ -146,3 +167,44 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("count_flops", bool, True, "count FLOPs and MFU in an untimed pass before the loop"),
 )
 COMMON_BY_NAME: dict[str, Param] = {p.name: p for p in COMMON_PARAMS}
+
+
+def fp16_round(value: float) -> float:
+    """`value` rounded to the nearest float16 (ties to even), as a float; inf beyond
+    float16's range. What `torch.tensor(value, dtype=torch.float16)` holds, without torch."""
+    value = float(value)
+    try:
+        return struct.unpack("<e", struct.pack("<e", value))[0]
+    except OverflowError:  # beyond 65504 + half a step: float16 rounds it to inf
+        return math.copysign(math.inf, value)
+
+
+def resolve_eps(params: dict[str, object]) -> None:
+    """Fill in or check `eps` for a pure `fp16` trial with Adam/AdamW, in place.
+
+    Where the model (and so the optimizer's state) is float16, an unset `eps` becomes
+    FP16_ADAM_EPS, and a set one must be a normal float16 number (2**-14 to 65504 once
+    rounded): one that rounds to 0 leaves the update's denominator at 0 and the weights
+    NaN after a step; a subnormal one is 0 where denormals are flushed (fast-math kernels,
+    `torch.set_flush_denormal`); inf freezes the weights. Other trials keep `eps` only when set.
+    Raises ParamError naming `eps`, its value and the fix.
+    """
+    if params.get("precision") != "fp16" or params.get("optimizer") not in EPS_OPTIMIZERS:
+        return
+    eps = params.get("eps")
+    if eps is None:
+        params["eps"] = FP16_ADAM_EPS
+        return
+    rounded = fp16_round(eps)  # type: ignore[arg-type]  # validated: a float
+    if FP16_MIN_NORMAL <= rounded <= FP16_MAX:
+        return
+    opt = params["optimizer"]
+    if rounded == 0:
+        why = f"rounds to 0 in fp16, so {opt} divides by 0 and the weights become NaN"
+    elif rounded < FP16_MIN_NORMAL:
+        why = (f"rounds to {rounded:.4g} in fp16, a subnormal number (0 where denormals are "
+               f"flushed), so {opt} may divide by 0")
+    else:
+        why = f"rounds to inf in fp16, so {opt} never changes the weights"
+    raise ParamError("eps", f"{brief(eps)} {why}; use a value from {FP16_MIN_NORMAL:.3g} to {FP16_MAX:g} "
+                            f"(unset, it is {FP16_ADAM_EPS:g}), or precision amp_fp16")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from stepscope.workloads import builtin
 from stepscope.workloads.builtin.base import BuiltinInfo
-from stepscope.workloads.params import COMMON_BY_NAME, ParamError, brief
+from stepscope.workloads.params import COMMON_BY_NAME, ParamError, brief, resolve_eps
 
 
 def _discover() -> dict[str, BuiltinInfo]:
@@ -61,6 +61,8 @@ def resolve_params(raw: Mapping[str, object]) -> dict[str, object]:
 
     Built-in workloads accept the common parameters and their own; a custom
     workload accepts any extra keys (scalars), since only its code knows them.
+    A parameter without a default (`eps`) is left out unless set, so that adding one
+    changes no existing trial's id; `eps` is filled in for pure fp16 with Adam/AdamW.
     """
     if "workload" not in raw:
         raise ParamError("workload", "every trial needs a workload: set it in fixed or grid")
@@ -86,6 +88,7 @@ def resolve_params(raw: Mapping[str, object]) -> dict[str, object]:
     for key, param in declared.items():
         if key not in out and param.default is not None:
             out[key] = param.default
+    resolve_eps(out)  # a default only for pure fp16 with Adam/AdamW, where torch's 1e-8 is 0
     if not is_custom(name) and BUILTINS[name].check is not None:
         BUILTINS[name].check(out)
     return out

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from stepscope.workloads.storage.schema import PHASES
+from stepscope.workloads.storage.schema import DEVICES, PHASES, TRIALS
 from stepscope.workloads.storage.store import Store
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -108,7 +108,7 @@ def trial_row(
         "stepscope_version": "0.1.0",
         "schema_version": 1,
     }
-    return _merge(row, overrides)
+    return _merge(_nulls_for_the_rest(row, TRIALS), overrides)
 
 
 def step_rows(
@@ -180,7 +180,7 @@ def device_row(sweep_id: str = "s1", trial_id: str = "t1", device_uuid: str = "C
         "node_id": None,
         "nvml_unavailable": None,
     }
-    return _merge(row, overrides)
+    return _merge(_nulls_for_the_rest(row, DEVICES), overrides)
 
 
 def write_trial(
@@ -198,6 +198,16 @@ def write_trial(
         trial_row(sweep_id, trial_id, **trial_overrides),
         step_rows(sweep_id, trial_id, durations, warmup),
     )
+
+
+def _nulls_for_the_rest(row: dict, schema) -> dict:
+    """Every column not set above is nullable (a measurement a CPU trial does not have):
+    null unless a test sets it, so a new nullable column needs no change here."""
+    for field in schema:
+        if field.name not in row:
+            assert field.nullable, f"set a value for the non-nullable column {field.name}"
+            row[field.name] = None
+    return row
 
 
 def _merge(row: dict, overrides: dict) -> dict:

@@ -43,6 +43,12 @@ BAD_SPECS = [
     ("name: x\ngrid: {workload: [gpt], n_head: [3], d_model: [128]}\n", "grid.d_model", "multiple of n_head"),
     ("name: x\ngrid: {workload: [mlp], batch_size: [4, 4]}\n", "grid.batch_size", "repeated value"),
     ("name: x\ngrid: {workload: [mlp], width: [[1, 2]]}\n", "grid.width", "single value"),
+    # Pure fp16 with Adam/AdamW: an eps float16 cannot hold (torch's own 1e-8 is 0 there).
+    ("name: x\nfixed: {precision: fp16, eps: 1e-8}\ngrid: {workload: [mlp], optimizer: [sgd, adamw]}\n",
+     "fixed.eps", "1e-08 rounds to 0 in fp16, so adamw divides by 0 and the weights become NaN; use a value "
+                  "from 6.1e-05 to 65504 (unset, it is 0.0001), or precision amp_fp16"),
+    ("name: x\ngrid: {workload: [mlp], precision: [fp16], optimizer: [adam], eps: [3.0e-5]}\n",
+     "grid.eps", "3e-05 rounds to 2.998e-05 in fp16, a subnormal number (0 where denormals are flushed)"),
 ]
 
 
@@ -98,6 +104,18 @@ def test_float_params_accept_yaml_exponent_strings():
 
     spec = parse_spec("name: x\nfixed: {lr: 1e-3}\ngrid: {workload: [mlp]}\n")
     assert expand(spec)[0].params["lr"] == pytest.approx(0.001)
+
+
+def test_eps_joins_the_params_of_pure_fp16_adam_trials_only():
+    from stepscope.orchestrator.grid import expand
+
+    spec = parse_spec("name: x\ngrid: {workload: [mlp], precision: [fp32, fp16, amp_fp16], optimizer: [sgd, adamw]}\n")
+    with_eps = {(t.params["precision"], t.params["optimizer"]): t.params.get("eps") for t in expand(spec)}
+    assert with_eps == {("fp32", "sgd"): None, ("fp32", "adamw"): None, ("fp16", "sgd"): None,
+                        ("fp16", "adamw"): 1e-4, ("amp_fp16", "sgd"): None, ("amp_fp16", "adamw"): None}
+    # Where the optimizer state is not float16, any eps the user sets is theirs (torch's own 1e-8 too).
+    spec = parse_spec("name: x\nfixed: {eps: 1e-8}\ngrid: {workload: [mlp], precision: [fp32, fp16], optimizer: [sgd]}\n")
+    assert [t.params["eps"] for t in expand(spec)] == [1e-8, 1e-8]
 
 
 def test_custom_workload_accepts_its_own_params():

@@ -1,12 +1,19 @@
 """FLOP counting: published figures, the analytic GPT estimate, exact small
-cases, the uncounted-op report, the CPU fallback, and no side effects."""
+cases, the uncounted-op report, the CPU fallback, no side effects, and model
+against hardware FLOPs (activation checkpointing's recompute) with MFU and HFU."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import set_checkpoint_early_stop
+from torch.utils.flop_counter import FlopCounterMode
 
 from stepscope import Workload
 from stepscope.workloads.builtin.gpt import analytic_flops as analytic_gpt_flops
@@ -15,6 +22,10 @@ from stepscope.workloads.builtin.mlp import model as mlp
 from stepscope.workloads.builtin.resnet import model as resnet
 from stepscope.workloads.measure.flops import FlopCount, FlopCountError, count_step_flops
 from stepscope.workloads.registry import BUILTINS, load_builder, resolve_params
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import checkpointed  # noqa: E402
 
 GPT2_SMALL = {"n_layer": 12, "n_head": 12, "d_model": 768, "seq_len": 1024, "vocab_size": 50257}
 
@@ -171,3 +182,153 @@ def test_counting_leaves_rng_and_grad_mode_alone(build) -> None:
 def test_flop_count_rejects_an_unknown_device() -> None:
     with pytest.raises(ValueError, match="device_used must be one of"):
         FlopCount(forward=1, backward=2, per_sample_forward=1.0, device_used="cuda")
+
+
+# ------------------------------------------------ model FLOPs, hardware FLOPs (PaLM appendix B)
+
+B, D, W, K, BLOCKS = 4, 8, 16, 4, 2  # checkpointed.build's defaults, and this batch size
+
+
+def _linear(i: int, o: int) -> int:
+    """One Linear's forward on the batch: a (B x i) @ (i x o) matmul, 2 FLOPs per multiply-add."""
+    return 2 * B * i * o
+
+
+def _checkpointed(mode: str) -> FlopCount:
+    return count_step_flops(checkpointed.build, {"batch_size": B, "checkpoint": mode})
+
+
+# Forward: every Linear once. Backward: per Linear a weight gradient and an input gradient, each
+# as large as its forward matmul, less `inp`'s input gradient (the batch needs none).
+FORWARD = _linear(D, W) + BLOCKS * 2 * _linear(W, W) + _linear(W, K)
+BACKWARD = 2 * FORWARD - _linear(D, W)
+
+
+@pytest.mark.parametrize("mode", ["reentrant", "non_reentrant"])
+def test_checkpointing_leaves_model_flops_as_without_it(mode: str) -> None:
+    plain, ckpt = _checkpointed("none"), _checkpointed(mode)
+    assert (plain.forward, plain.backward, plain.recompute) == (FORWARD, BACKWARD, 0)
+    assert (ckpt.forward, ckpt.backward) == (plain.forward, plain.backward)  # the un-checkpointed twin's
+    assert ckpt.step == plain.step == plain.hardware
+    assert ckpt.hardware == ckpt.step + ckpt.recompute > ckpt.step
+
+
+def test_reentrant_checkpoint_recomputes_each_block_whole() -> None:
+    # Each block's forward, Linear a and Linear b, once more during backward.
+    assert _checkpointed("reentrant").recompute == BLOCKS * 2 * _linear(W, W)
+
+
+def test_non_reentrant_checkpoint_stops_recomputing_when_it_has_what_backward_needs() -> None:
+    # Non-reentrant checkpoint stops once every tensor the block saved is rebuilt: the last is
+    # b's input, relu(a(x)), saved when b's addmm is called, before it runs. So only a re-runs...
+    assert _checkpointed("non_reentrant").recompute == BLOCKS * _linear(W, W)
+    # ...and with early stop off (torch's documented switch) the whole block re-runs.
+    with set_checkpoint_early_stop(False):
+        assert _checkpointed("non_reentrant").recompute == BLOCKS * 2 * _linear(W, W)
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_backward_and_recompute_split_what_torch_counts_in_backward(reentrant: bool) -> None:
+    """torch's own counter, with no split, over the same checkpointed step on the CPU."""
+    count = _checkpointed("reentrant" if reentrant else "non_reentrant")
+    torch.manual_seed(0)
+    model = checkpointed.CheckpointedMLP(D, W, K, BLOCKS, reentrant)
+    loss = F.cross_entropy(model(torch.randn(B, D)), torch.randint(0, K, (B,)))
+    with FlopCounterMode(display=False) as everything:
+        loss.backward()
+    assert count.backward + count.recompute == everything.get_total_flops()
+
+
+def _gpt2_builder(checkpointing: bool, reentrant: bool = False):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+
+    def build(params: dict) -> Workload:
+        model = GPT2LMHeadModel(config)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        ids = torch.randint(0, config.vocab_size, (params["batch_size"], 32))
+        return Workload(
+            model=model,
+            make_batch=lambda: ({"input_ids": ids}, ids),
+            loss_fn=lambda out, y: F.cross_entropy(out.logits.flatten(0, 1), y.flatten()),
+        )
+
+    return build, config
+
+
+@pytest.fixture(scope="module")
+def gpt2_blocks_forward() -> int:
+    """FLOPs of the un-checkpointed GPT-2's transformer blocks in one forward, by torch's
+    own counter, module by module (attention as two bmm's, as the count runs it)."""
+    build, config = _gpt2_builder(checkpointing=False)
+    work = build({"batch_size": 2})
+    inputs, _ = work.make_batch()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        work.model.train()(**inputs)
+    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    return sum(per_module[f"GPT2LMHeadModel.transformer.h.{i}"] for i in range(config.n_layer))
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")  # transformers 5
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_transformers_gradient_checkpointing_keeps_model_flops(reentrant: bool, gpt2_blocks_forward: int) -> None:
+    plain = count_step_flops(_gpt2_builder(checkpointing=False)[0], {"batch_size": 2})
+    ckpt = count_step_flops(_gpt2_builder(checkpointing=True, reentrant=reentrant)[0], {"batch_size": 2})
+    assert plain.recompute == 0
+    assert (ckpt.forward, ckpt.backward) == (plain.forward, plain.backward)
+    # GPT-2's blocks end in a dropout, whose mask is saved: each block is recomputed whole.
+    assert ckpt.recompute == gpt2_blocks_forward > 0
+    # Hand count of that: per block and token, 2 x (64x192 + 64x64 + 64x256 + 256x64) for the
+    # projections, plus QK^T and AV, 2 x 2 x T x d per token; 2 x 32 tokens, 2 blocks.
+    tokens, d, t = 2 * 32, 64, 32
+    assert gpt2_blocks_forward == 2 * tokens * (2 * (d * 3 * d + d * d + d * 4 * d + 4 * d * d) + 2 * 2 * t * d)
+
+
+def test_flop_count_refuses_negative_recompute() -> None:
+    with pytest.raises(ValueError, match="recompute must be >= 0"):
+        FlopCount(forward=1, backward=2, recompute=-1, per_sample_forward=1.0, device_used="meta")
+
+
+def test_hfu_over_mfu_is_hardware_over_model_flops(tmp_path, monkeypatch) -> None:
+    """`utilization.rates` on the CPU: both rates by hand, MFU and HFU against the one peak."""
+    from stepscope.workloads.measure import device as devices
+    from stepscope.workloads.measure import utilization
+    from stepscope.workloads.measure.records import Work
+
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path))
+    cpu = torch.device("cpu")
+    work = Work(flops_forward=3 * 10**9, flops_backward=6 * 10**9, flops_recompute=2 * 10**9)
+    got = utilization.rates(torch, cpu, "fp32", work, 0.5, 10, devices.describe(torch, cpu))
+    assert got.achieved_tflops == pytest.approx(9e9 / 0.05 / 1e12, rel=1e-12)  # 0.18
+    assert got.achieved_hardware_tflops == pytest.approx(11e9 / 0.05 / 1e12, rel=1e-12)  # 0.22
+    peak = got.peak_tflops_measured
+    assert peak > 0
+    assert got.mfu_measured == pytest.approx(0.18 / peak, rel=1e-12)
+    assert got.hfu_measured == pytest.approx(0.22 / peak, rel=1e-12)
+    assert got.hfu_measured / got.mfu_measured == pytest.approx(11 / 9, rel=1e-12)
+    assert got.mfu_datasheet is None and got.hfu_datasheet is None  # no datasheet for a CPU
+    plain = utilization.rates(torch, cpu, "fp32", Work(flops_forward=3 * 10**9, flops_backward=6 * 10**9,
+                                                        flops_recompute=0), 0.5, 10, devices.describe(torch, cpu))
+    assert plain.hfu_measured == plain.mfu_measured == got.mfu_measured  # no recompute: the same
+
+
+def test_a_checkpointed_trial_stores_model_and_hardware_flops_apart(tmp_path, monkeypatch) -> None:
+    from stepscope.workloads.measure.runner import run_trial
+    from stepscope.workloads.trial import Trial
+
+    monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    params = resolve_params({"workload": "checkpointed:build", "checkpoint": "reentrant", "batch_size": B,
+                             "iterations": 3, "warmup": 1})
+    row = run_trial(Trial(index=0, trial_id="t0", repeat=0, gpu=None, params=params), "s", None,
+                    search_paths=[str(FIXTURES)])
+    assert row["status"] == "ok" and row["flops_error"] is None
+    recompute = BLOCKS * 2 * _linear(W, W)
+    assert (row["flops_forward"], row["flops_backward"], row["flops_recompute"]) == (FORWARD, BACKWARD, recompute)
+    model, hardware = FORWARD + BACKWARD, FORWARD + BACKWARD + recompute
+    step_s = row["measured_wall_s"] / 3
+    assert row["achieved_tflops"] == pytest.approx(model / step_s / 1e12, rel=1e-9)
+    assert row["achieved_hardware_tflops"] == pytest.approx(hardware / step_s / 1e12, rel=1e-9)
+    assert row["hfu_measured"] / row["mfu_measured"] == pytest.approx(hardware / model, rel=1e-12)

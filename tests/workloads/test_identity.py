@@ -1,11 +1,10 @@
 """GPU variant from NVML facts, and the NVML identity query.
 
-FakeNVML follows pynvml's real API (nvidia-ml-py 12/13): errors are NVMLError
-subclasses built from an error code (NVMLError_NotSupported is code 3), ECC and
-MIG modes come back as [current, pending], power in milliwatts, the CUDA driver
-version as 1000*major + 10*minor, PCI info as a struct with `busId`, and older
-bindings return bytes where newer ones return str. Its constants deliberately
-differ from pynvml's values, so code that hard-codes NVML_CLOCK_SM = 1 fails.
+The NVML stand-in is tests/workloads/nvml_fakes.py's FakeNVML, which follows pynvml's
+real API (nvidia-ml-py 12/13): errors built from NVML's return code, ECC and MIG modes
+as [current, pending], power in milliwatts, MIG slices whose board-level queries go to
+the parent handle, and constants that differ from pynvml's values so that only constants
+read from the module handed in give the right answers.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
+from nvml_fakes import MIB, FakeNVML
 
 from stepscope.workloads.measure.identity import (
     GpuModel,
@@ -23,124 +22,6 @@ from stepscope.workloads.measure.identity import (
     identity_by_uuid,
     nvml_identity,
 )
-
-MIB = 2**20
-
-
-class NVMLError(Exception):
-    """pynvml.NVMLError: carries `value`, the NVML return code; str() is NVML's text."""
-
-    _text = {3: "Not Supported", 4: "Insufficient Permissions", 6: "Not Found", 13: "Function Not Found"}
-
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
-        self.value = value
-
-    def __str__(self) -> str:
-        return self._text.get(self.value, f"NVML Error with code {self.value}")
-
-
-class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's own spelling
-    def __init__(self) -> None:
-        super().__init__(3)
-
-
-class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801
-    def __init__(self) -> None:
-        super().__init__(13)
-
-
-class NVMLError_NotFound(NVMLError):  # noqa: N801
-    def __init__(self) -> None:
-        super().__init__(6)
-
-
-class FakeNVML:
-    """The slice of pynvml that nvml_identity uses, over a table of devices by UUID."""
-
-    NVMLError = NVMLError
-    NVMLError_NotSupported = NVMLError_NotSupported
-    # pynvml: NVML_CLOCK_SM = 1, NVML_CLOCK_MEM = 2, NVML_FEATURE_ENABLED = 1,
-    # NVML_DEVICE_MIG_ENABLE = 1. Shifted here so that only constants read from the
-    # module handed in give the right answers.
-    NVML_CLOCK_SM = 11
-    NVML_CLOCK_MEM = 12
-    NVML_FEATURE_DISABLED = 20
-    NVML_FEATURE_ENABLED = 21
-    NVML_DEVICE_MIG_DISABLE = 30
-    NVML_DEVICE_MIG_ENABLE = 31
-
-    def __init__(self, gpus: dict[str, dict], *, as_bytes=False, unsupported=(), init_fails=False,
-                 driver="550.54.15", cuda=12040):
-        self.gpus, self.as_bytes, self.unsupported = gpus, as_bytes, set(unsupported)
-        self.init_fails, self.driver, self.cuda = init_fails, driver, cuda
-        self.initialised = 0
-
-    def _out(self, text: str):
-        return text.encode() if self.as_bytes else text
-
-    def _check(self, fn: str):
-        if fn in self.unsupported:
-            raise NVMLError_NotSupported()
-
-    def nvmlInit(self):
-        if self.init_fails:
-            raise NVMLError(12)  # NVML_ERROR_LIBRARY_NOT_FOUND
-        self.initialised += 1
-
-    def nvmlShutdown(self):
-        self.initialised -= 1
-
-    def nvmlDeviceGetHandleByUUID(self, uuid):
-        if uuid not in self.gpus:
-            raise NVMLError_NotFound()
-        return uuid
-
-    def nvmlSystemGetDriverVersion(self):
-        self._check("nvmlSystemGetDriverVersion")
-        return self._out(self.driver)
-
-    def nvmlSystemGetCudaDriverVersion(self):
-        self._check("nvmlSystemGetCudaDriverVersion")
-        return self.cuda
-
-    def nvmlDeviceGetName(self, handle):
-        return self._out(self.gpus[handle]["name"])
-
-    def nvmlDeviceGetUUID(self, handle):
-        return self._out(handle)
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return SimpleNamespace(total=self.gpus[handle]["memory"], free=0, used=0)
-
-    def nvmlDeviceGetPciInfo(self, handle):
-        self._check("nvmlDeviceGetPciInfo")
-        return SimpleNamespace(busId=self._out(self.gpus[handle]["bus"]), domain=0, bus=0x19, device=0)
-
-    def nvmlDeviceGetClockInfo(self, handle, clock_type):
-        self._check("nvmlDeviceGetClockInfo")
-        return self.gpus[handle]["clocks"][clock_type]
-
-    def nvmlDeviceGetMaxClockInfo(self, handle, clock_type):
-        self._check("nvmlDeviceGetMaxClockInfo")
-        return self.gpus[handle]["max_clocks"][clock_type]
-
-    def nvmlDeviceGetPowerManagementLimit(self, handle):
-        self._check("nvmlDeviceGetPowerManagementLimit")
-        return self.gpus[handle]["power_mw"]
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
-        self._check("nvmlDeviceGetEnforcedPowerLimit")
-        return self.gpus[handle]["power_mw"]
-
-    def nvmlDeviceGetEccMode(self, handle):
-        self._check("nvmlDeviceGetEccMode")
-        return [self.NVML_FEATURE_ENABLED, self.NVML_FEATURE_DISABLED]
-
-    def nvmlDeviceGetMigMode(self, handle):
-        self._check("nvmlDeviceGetMigMode")
-        return [self.NVML_DEVICE_MIG_DISABLE, self.NVML_DEVICE_MIG_ENABLE]
-
 
 H100 = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000001"
 L4 = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000002"
@@ -175,6 +56,19 @@ GPUS = {
         ("Tesla V100-SXM2-16GB", 16160, 300, "V100-SXM-16GB", "name"),
         ("NVIDIA A10G", 23028, 300, "A10G-24GB", "single"),
         ("NVIDIA GeForce RTX 4090", 24564, 450, "RTX4090-24GB", "single"),
+        # Boards added in issue 9. NVML totals are a little under the marketed GiB.
+        ("NVIDIA B200", 183359, 1000, "B200-180GB", "single"),
+        ("NVIDIA GB200", 189471, 1200, "GB200-186GB", "single"),
+        ("NVIDIA GH200 480GB", 97871, 900, "GH200-96GB", "single"),  # 480GB: the Grace CPU's LPDDR5X
+        ("NVIDIA GH200 144G HBM3e", 146831, 900, "GH200-144GB", "single"),
+        ("NVIDIA H800", 81559, 700, "H800-SXM-80GB", "power"),
+        ("NVIDIA H800 PCIe", 81559, 350, "H800-PCIe-80GB", "name"),
+        ("NVIDIA H800 80GB HBM3", 81559, 700, "H800-SXM-80GB", "name"),  # as the H100 SXM names itself
+        ("NVIDIA H20", 97871, 500, "H20-96GB", "single"),
+        ("NVIDIA L40", 46068, 300, "L40-48GB", "single"),
+        ("Tesla T4", 15360, 70, "T4-16GB", "single"),
+        ("NVIDIA A30", 24576, 165, "A30-24GB", "single"),
+        ("NVIDIA A40", 46068, 300, "A40-48GB", "single"),
     ],
 )
 def test_variant_of_each_nvml_name(name, memory_mib, power_w, label, basis):
@@ -202,6 +96,19 @@ def test_variant_of_each_nvml_name(name, memory_mib, power_w, label, basis):
 def test_ambiguous_names_are_decided_by_power_then_memory(name, memory_mib, power_w, label, basis):
     model = gpu_variant(name, memory_mib * MIB, power_w)
     assert (model.label, model.basis) == (label, basis)
+
+
+def test_the_default_power_limit_decides_not_the_current_one():
+    # An H200 SXM (700 W board) an administrator capped to 500 W: read by its current
+    # limit it would be an NVL (<= 600 W), and its MFU 989.5 / 835.5 - 1 = 18% high.
+    capped = gpu_variant("NVIDIA H200", 143771 * MIB, 500.0, power_limit_default_w=700.0)
+    assert (capped.label, capped.basis) == ("H200-SXM-141GB", "power")
+    assert gpu_variant("NVIDIA H200", 143771 * MIB, 500.0).label == "H200-NVL-141GB"  # what the current limit says
+    # An NVL at its 600 W default stays an NVL, even when a limit above that is set.
+    assert gpu_variant("NVIDIA H200", 143771 * MIB, 650.0, power_limit_default_w=600.0).label == "H200-NVL-141GB"
+    # Same for an H100 and an A100 capped below their class.
+    assert gpu_variant("NVIDIA H100", 81559 * MIB, 300.0, power_limit_default_w=700.0).label == "H100-SXM-80GB"
+    assert gpu_variant("NVIDIA A100", 40960 * MIB, 250.0, power_limit_default_w=400.0).label == "A100-SXM-40GB"
 
 
 def test_name_wins_over_power_and_memory():
@@ -250,6 +157,7 @@ def test_identity_of_an_h100(as_bytes):
         "sm_clock_max_mhz": 1980,
         "mem_clock_max_mhz": 2619,
         "power_limit_w": 700.0,
+        "power_limit_default_w": 700.0,
         "ecc_enabled": True,
         "ecc_pending": False,
         "mig_enabled": False,
@@ -258,6 +166,8 @@ def test_identity_of_an_h100(as_bytes):
         "cuda_driver_version": "12.4",
         "gpu_variant": "H100-SXM-80GB",
         "nvml_unavailable": {},
+        "is_mig_instance": False,
+        "mig_parent_sm_count": None,
     }
 
 
@@ -281,6 +191,75 @@ def test_power_limit_falls_back_to_the_enforced_limit():
     assert facts.power_limit_w == 700.0 and "power_limit_w" not in facts.nvml_unavailable
     nvml = FakeNVML(GPUS, unsupported={"nvmlDeviceGetPowerManagementLimit", "nvmlDeviceGetEnforcedPowerLimit"})
     assert nvml_identity(H100, nvml).power_limit_w is None
+
+
+H200 = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000003"
+H200_MIG = "MIG-1b8a6f43-3c7e-5d9a-a0b1-000000000004"
+A100 = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000005"
+A100_MIG = "MIG-1b8a6f43-3c7e-5d9a-a0b1-000000000006"
+BOARDS = {
+    # An H200 SXM an administrator capped to 500 W (nvidia-smi -pl 500): current 500, default 700.
+    H200: {"name": "NVIDIA H200", "memory": 143771 * MIB, "power_mw": 500_000, "default_power_mw": 700_000,
+           "clocks": {11: 1980, 12: 3201}, "max_clocks": {11: 1980, 12: 3201}, "cores": 16896, "cc": (9, 0)},
+    # NVML names a MIG slice after its parent plus the profile; its memory is the slice's.
+    H200_MIG: {"name": "NVIDIA H200 MIG 1g.18gb", "memory": 16384 * MIB, "parent": H200, "sm_count": 16},
+    A100: {"name": "NVIDIA A100-SXM4-40GB", "memory": 40960 * MIB, "power_mw": 400_000,
+           "clocks": {11: 1410, 12: 1215}, "max_clocks": {11: 1410, 12: 1215}, "cores": 6912, "cc": (8, 0)},
+    A100_MIG: {"name": "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "memory": 4864 * MIB, "parent": A100, "sm_count": 14},
+}
+
+
+def test_identity_of_a_capped_board_reads_its_default_limit():
+    facts = nvml_identity(H200, FakeNVML(BOARDS))
+    assert (facts.power_limit_w, facts.power_limit_default_w) == (500.0, 700.0)
+    assert facts.gpu_variant == "H200-SXM-141GB"
+
+
+def test_without_a_default_limit_the_current_one_decides():
+    nvml = FakeNVML(BOARDS, unsupported={"nvmlDeviceGetPowerManagementDefaultLimit"})
+    facts = nvml_identity(H200, nvml)
+    assert facts.power_limit_default_w is None and facts.nvml_unavailable["power_limit_default_w"] == "Not Supported"
+    assert facts.gpu_variant == "H200-NVL-141GB"  # 500 W current: all that is known
+
+
+@pytest.mark.parametrize(("mig", "board", "board_sms"), [
+    # Board SMs from NVML: FP32 cores / FP32 cores per SM (64 on compute capability 8.0,
+    # 128 on 9.0, the CUDA guide's throughput table): 6912 / 64 and 16896 / 128.
+    (A100_MIG, A100, 6912 // 64),
+    (H200_MIG, H200, 16896 // 128),
+])
+def test_identity_of_a_mig_slice_reads_the_board_from_the_parent(mig, board, board_sms):
+    nvml = FakeNVML(BOARDS)
+    facts = nvml_identity(mig, nvml)
+    whole = nvml_identity(board, nvml)
+    assert facts.is_mig_instance is True and whole.is_mig_instance is False
+    assert facts.mig_parent_sm_count == board_sms and whole.mig_parent_sm_count is None
+    # The slice's own name, UUID and memory; the board's variant, power limits and clocks.
+    assert (facts.device_uuid, facts.device_memory_bytes) == (mig, BOARDS[mig]["memory"])
+    assert facts.gpu_variant == whole.gpu_variant
+    assert (facts.power_limit_w, facts.power_limit_default_w) == (whole.power_limit_w, whole.power_limit_default_w)
+    assert facts.sm_clock_max_mhz == BOARDS[board]["max_clocks"][11]
+    assert "power_limit_w" not in facts.nvml_unavailable  # asked of the parent, which answers
+    # No board-level query went to the MIG handle, which would answer NotSupported.
+    assert not [fn for fn, handle in nvml.calls if handle == mig and "Power" in fn]
+
+
+def test_a_mig_slice_variant_comes_from_the_board_memory_not_the_slice():
+    # The slice's 16 GiB would read as "H200-SXM-16GB"; the board's 141 GB is the variant's.
+    assert nvml_identity(H200_MIG, FakeNVML(BOARDS)).gpu_variant == "H200-SXM-141GB"
+
+
+def test_a_mig_slice_without_board_sm_count_says_why():
+    nvml = FakeNVML(BOARDS, unsupported={"nvmlDeviceGetNumGpuCores"})
+    facts = nvml_identity(A100_MIG, nvml)
+    assert facts.is_mig_instance is True and facts.mig_parent_sm_count is None
+    assert "mig_parent_sm_count" in facts.nvml_unavailable
+
+
+def test_an_old_binding_without_mig_calls_reads_mig_from_the_uuid():
+    nvml = FakeNVML(BOARDS, missing=("nvmlDeviceIsMigDeviceHandle",))
+    assert nvml_identity(A100_MIG, nvml).is_mig_instance is True
+    assert nvml_identity(A100, nvml).is_mig_instance is False
 
 
 def test_a_binding_without_a_function_gives_none():

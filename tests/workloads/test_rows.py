@@ -9,6 +9,7 @@ from stepscope.workloads.measure import rows
 from stepscope.workloads.measure.records import (
     DEVICE_ONLY_FIELDS,
     DeviceFacts,
+    DeviceSamples,
     Measured,
     MemoryUse,
     NvmlIdentity,
@@ -24,7 +25,7 @@ def names(record) -> list[str]:
 
 
 def test_work_and_memory_fields_are_trials_columns_in_schema_order():
-    for record in (Work, MemoryUse):
+    for record in (Work, MemoryUse, DeviceSamples):
         fields = names(record)
         start = TRIALS.names.index(fields[0])
         assert TRIALS.names[start : start + len(fields)] == fields, record.__name__
@@ -38,7 +39,10 @@ def test_device_facts_are_trials_columns_and_the_rest_are_devices_columns():
 
 
 def test_nvml_identity_fields_are_devices_columns_but_the_pending_modes():
-    assert set(names(NvmlIdentity)) - {"ecc_pending", "mig_pending", "device_uuid"} <= set(DEVICES.names)
+    # is_mig_instance and mig_parent_sm_count feed the MIG-scaled datasheet peak
+    # (peaks.device_datasheet_peak); a MIG slice's devices row is told by its MIG- UUID.
+    not_columns = {"ecc_pending", "mig_pending", "device_uuid", "is_mig_instance", "mig_parent_sm_count"}
+    assert set(names(NvmlIdentity)) - not_columns <= set(DEVICES.names)
 
 
 def _trial() -> Trial:

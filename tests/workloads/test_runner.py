@@ -168,6 +168,9 @@ def test_cuda_phases_add_up_to_the_step(tmp_path, precision):
     assert all(s["peak_allocated_bytes"] <= s["peak_reserved_bytes"] for s in steps)
     assert row["cuda_context_bytes"] > 0 and row["non_torch_bytes"] > 0
     assert row["nvml_memory_scope"] in ("process", "device")
+    # NVML sampled during the measured steps: at their start, at their end, and between.
+    assert row["nvml_samples"] >= 2 and row["sm_clock_mhz_min"] > 0 and row["power_draw_w_max"] > 0
+    assert row["throttle_reasons"] is not None
     (device,) = read(tmp_path, "devices")
     assert device["device_uuid"] == row["device_uuid"] and device["gpu_variant"]
     assert device["sm_clock_max_mhz"] > 0 and device["power_limit_w"] > 0
@@ -242,8 +245,8 @@ def test_activation_bytes_scale_with_the_batch(tmp_path, monkeypatch):
     small = run_trial(make_trial(batch_size=64, **shape), "s", None)["activation_bytes"]
     large = run_trial(make_trial(batch_size=128, **shape), "s", None)["activation_bytes"]
     assert small > 0 and large / small == pytest.approx(2.0, abs=0.05)
-    none = run_trial(make_trial(batch_size=64, **{**shape, "warmup": 0}), "s", None)
-    assert none["activation_bytes"] is None  # counted on a warmup step only: the hooks cost time
+    no_warmup = run_trial(make_trial(batch_size=64, **{**shape, "warmup": 0}), "s", None)
+    assert no_warmup["activation_bytes"] == small  # counted on step 0, warmup or not
 
 
 def test_peak_rss_per_phase_on_a_cpu(tmp_path):
@@ -301,9 +304,105 @@ def test_a_failure_after_the_loss_went_nan_stays_failed_and_says_where_it_went()
 
 
 @pytest.mark.gpu
+def test_the_host_runs_ahead_of_the_gpu_between_steps(tmp_path):
+    """50M cycles of device sleep per forward (>= 25 ms at any clock up to 2 GHz) against
+    2 ms of host sleep in `data`: a loop that waited for the GPU after every step would
+    leave it idle through each `data` phase (gap >= 2 ms); the runner runs ahead, so the
+    GPU's queue never runs dry at a step boundary and the gap is ~0."""
+    trial = make_trial(workload="sleepy:build", data_ms=2, forward_gpu_cycles=50_000_000,
+                       iterations=8, warmup=2, device="cuda", count_flops=False)
+    row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    assert row["status"] == "ok", row["error"]
+    steps = read(tmp_path, "steps")
+    gaps = [s["gpu_gap_ms"] for s in steps if s["phase"] == "data" and s["iteration"] >= 3]
+    forward = [s["duration_ms"] for s in steps if s["phase"] == "forward"]
+    assert min(forward) > 10  # the device work is there
+    assert max(gaps) < 0.5, gaps
+
+
+@pytest.mark.gpu
 def test_a_nonfinite_loss_on_a_gpu(tmp_path):
     row = run_trial(make_trial(**NONFINITE, bad="nan", bad_from=7, device="cuda"), "s", Store(str(tmp_path)),
                     search_paths=[str(FIXTURES)])
     assert (row["status"], row["nonfinite_step"], row["device_kind"]) == ("nonfinite", 7, "cuda")
     assert row["error"] == "loss became nan at iteration 7 (measured step 2)"
     assert len(read(tmp_path, "steps")) == 10 * len(PHASES)
+
+
+class LaggingEvent:
+    """A CUDA event of a device that finishes nothing until the host waits for it: every
+    step's times must be read late, by the ring's wait or after the loop, and kept."""
+
+    clock = 0
+    broken = False  # a device in an error state: waiting raises
+
+    def __init__(self) -> None:
+        self.at = None
+        self.done = False
+
+    def record(self) -> None:
+        LaggingEvent.clock += 1
+        self.at, self.done = LaggingEvent.clock, False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        if LaggingEvent.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        self.done = True  # and every event before it on the stream: elapsed_time checks
+
+    def elapsed_time(self, end: LaggingEvent) -> float:
+        return float(end.at - self.at)
+
+
+@pytest.fixture
+def lagging_device(monkeypatch):
+    from stepscope.workloads.measure import runner, timing
+
+    LaggingEvent.broken, LaggingEvent.clock = False, 0
+    timers = []
+
+    def make_timer(device_type, n_phases, torch_module=None, between=timing._nothing):
+        timers.append(timing.CudaPhaseTimer(n_phases, LaggingEvent, between))
+        return timers[-1]
+
+    monkeypatch.setattr(runner, "make_timer", make_timer)
+    return timers
+
+
+def test_device_times_read_late_are_kept_for_every_step(tmp_path, lagging_device):
+    """The runner's GPU path on the CPU: no step's events are complete when it ends, so
+    its device times arrive later (the ring's wait, then the drain after the loop). Every
+    phase's device time is one event tick, its gap one tick: none is the host's stand-in."""
+    trial = make_trial(workload="mlp", depth=1, width=8, input_dim=8, batch_size=4, iterations=9, warmup=2)
+    row = run_trial(trial, "s", Store(str(tmp_path)))
+    assert row["status"] == "ok"
+    steps = read(tmp_path, "steps")
+    assert len(steps) == 11 * len(PHASES)
+    assert all(s["duration_ms"] == 1.0 for s in steps)
+    assert [s["gpu_gap_ms"] for s in steps[:6]] == [None] + [1.0] * 5
+    assert all(s["gpu_gap_ms"] == 1.0 for s in steps[6:])
+
+
+def test_a_failure_keeps_only_steps_whose_device_times_were_read(tmp_path, lagging_device):
+    """The workload fails in step 7, and step 6's events never complete (the device is in
+    an error state): steps 0-2 were read while the loop ran (the ring waited for them),
+    3-5 after the failure; they are kept, and step 6, with no device time, is dropped."""
+    trial = make_trial(workload="sleepy:build", fail_at=7, iterations=8, warmup=1)
+    original = LaggingEvent.synchronize
+
+    def synchronize(self):
+        if self.at is not None and self.at > 6 * 2 * len(PHASES):  # step 7's and later never complete
+            LaggingEvent.broken = True
+        original(self)
+
+    LaggingEvent.synchronize = synchronize
+    try:
+        row = run_trial(trial, "s", Store(str(tmp_path)), search_paths=[str(FIXTURES)])
+    finally:
+        LaggingEvent.synchronize = original
+    assert row["status"] == "failed" and "boom" in row["error"]
+    iterations = sorted({s["iteration"] for s in read(tmp_path, "steps")})
+    assert iterations == list(range(6))
+    assert all(s["duration_ms"] == 1.0 for s in read(tmp_path, "steps"))

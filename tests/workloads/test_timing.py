@@ -1,6 +1,7 @@
 """Phase timers. The CUDA timer runs against a faithful fake of torch.cuda.Event:
-events complete only once the (simulated) device has reached them, and
-elapsed_time() refuses events that have not completed, as torch does."""
+events complete once the (simulated) device has reached them, by the host's clock
+(query() never blocks; synchronize() makes the host wait), and elapsed_time()
+refuses events that have not completed, as torch does."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from stepscope.workloads.measure.timing import CpuPhaseTimer, CudaPhaseTimer, phase_ms
+from stepscope.workloads.measure.timing import AHEAD, CpuPhaseTimer, CudaPhaseTimer, phase_ms
 
 
 class FakeStream:
@@ -21,6 +22,7 @@ class FakeStream:
         self.queued_until = 0.0  # when the last queued kernel will finish
         self.completed_until = 0.0  # how far the device has got (moves on synchronize)
         self.syncs = 0
+        self.queries = 0
 
     def launch(self, ms: float) -> None:
         self.queued_until = max(self.queued_until, self.host_now) + ms
@@ -38,7 +40,11 @@ class FakeEvent:
         self.at = max(self.stream.queued_until, self.stream.host_now)
 
     def query(self) -> bool:
-        return self.at is not None and self.at <= self.stream.completed_until
+        # The device works while the host does: by the host's clock, everything queued
+        # to finish by now has finished.
+        self.stream.queries += 1
+        done_until = max(self.stream.completed_until, self.stream.host_now)
+        return self.at is not None and self.at <= done_until
 
     def synchronize(self) -> None:
         self.stream.syncs += 1
@@ -51,23 +57,80 @@ class FakeEvent:
         return end.at - self.at
 
 
-def test_cuda_timer_reads_device_time_per_phase_with_one_sync_per_step():
+def _steps(timer, stream, n, work, host_between=0.0):
+    """Run `n` steps of len(work) phases, each phase launching `work[i]` ms of device
+    work; the host spends `host_between` ms between steps. Returns every step's
+    readings, by step, once drained."""
+    readings = {}
+    for _ in range(n):
+        for i, ms in enumerate(work):
+            timer.mark(i)
+            stream.launch(ms)
+        timer.mark(len(work))
+        _, done = timer.end_step()
+        readings.update({step: (dev, gaps) for step, dev, gaps in done})
+        stream.host(host_between)
+    readings.update({step: (dev, gaps) for step, dev, gaps in timer.drain()})
+    return readings
+
+
+def test_cuda_timer_reads_device_time_per_phase_without_waiting_while_the_host_runs_ahead():
+    """A GPU-bound loop: 10 ms of device work per step, 1 ms of host time. The host runs
+    AHEAD steps ahead and then waits once per step for the oldest, as a plain loop
+    would be held by its launch queue; it never waits while it is less far ahead."""
     stream = FakeStream()
     timer = CudaPhaseTimer(3, lambda: FakeEvent(stream))
-    for step in range(4):
-        timer.mark(0)
-        stream.launch(1.5)
-        timer.mark(1)
-        stream.launch(4.0 + step)
-        timer.mark(2)
-        stream.launch(0.25)
+    syncs_per_step = []
+    readings = {}
+    for _ in range(12):
+        before = stream.syncs
+        for i, ms in enumerate((1.5, 8.0, 0.5)):
+            timer.mark(i)
+            stream.launch(ms)
         timer.mark(3)
-        device_ms, gaps, host_ns = timer.read()
-        host_ms = phase_ms(host_ns)
-        assert device_ms == pytest.approx([1.5, 4.0 + step, 0.25])
+        _, done = timer.end_step()
+        readings.update({s: (dev, gaps) for s, dev, gaps in done})
+        syncs_per_step.append(stream.syncs - before)
+        stream.host(1.0)
+    readings.update({s: (dev, gaps) for s, dev, gaps in timer.drain()})
+    assert syncs_per_step[:AHEAD] == [0] * AHEAD  # running ahead: not one wait
+    assert syncs_per_step[AHEAD:] == [1] * (12 - AHEAD)  # held AHEAD steps ahead
+    assert sorted(readings) == list(range(12))
+    for step, (dev, gaps) in readings.items():
+        assert dev == pytest.approx([1.5, 8.0, 0.5])
+        # The GPU never ran dry: each phase's work was queued behind the previous one.
         assert gaps == ([None] if step == 0 else [pytest.approx(0.0)]) + [pytest.approx(0.0)] * 2
-        assert len(host_ms) == 3 and all(h >= 0 for h in host_ms)
-        assert stream.syncs == step + 1
+
+
+def test_a_host_bound_loop_never_waits_and_its_gaps_show_the_idle_gpu():
+    """1 ms of device work per step, 3 ms of host work between steps: each step's events
+    have completed by the next step's end, so they are read without one wait, and the
+    first phase's gap is the GPU's idle time while the host looped."""
+    stream = FakeStream()
+    timer = CudaPhaseTimer(2, lambda: FakeEvent(stream))
+    readings = _steps(timer, stream, 8, (0.5, 0.5), host_between=3.0)
+    assert stream.syncs == 1  # drain() after the loop waits for the last step only
+    for step, (dev, gaps) in readings.items():
+        assert dev == pytest.approx([0.5, 0.5])
+        assert gaps[0] == (None if step == 0 else pytest.approx(2.0))  # 3 ms of host, 1 ms of it GPU-busy
+        assert gaps[1] == pytest.approx(0.0)
+
+
+def test_an_event_set_is_reused_only_after_the_step_after_it_was_read():
+    """With AHEAD=1, sets are recycled every 3 steps; every step's first gap still reads
+    the previous step's last event, never an event recorded again since."""
+    stream = FakeStream()
+    events = []
+
+    def factory():
+        events.append(FakeEvent(stream))
+        return events[-1]
+
+    timer = CudaPhaseTimer(1, factory, ahead=1)
+    readings = _steps(timer, stream, 9, (2.0,), host_between=0.5)
+    assert len(events) == 2 * 3
+    assert [readings[s][0] for s in range(9)] == [pytest.approx([2.0])] * 9
+    assert all(readings[s][1][0] == pytest.approx(0.0) for s in range(1, 9))
 
 
 def test_cuda_timer_never_reads_before_the_device_is_done():
@@ -85,9 +148,12 @@ def test_cuda_timer_never_reads_before_the_device_is_done():
     stream.launch(3.0)
     timer.mark(2)
     recorded = [e for e in events if e.at is not None]
-    assert len(recorded) == 4  # a start and an end event per phase (the other set waits for the next step)
-    assert not recorded[-1].query()  # work is in flight: the host ran ahead
-    timer.read()
+    assert len(recorded) == 4  # a start and an end event per phase
+    _, done = timer.end_step()
+    assert done == [] and stream.syncs == 0  # work is in flight: nothing read, no wait
+    assert not recorded[-1].query()
+    [(step, device_ms, gaps)] = list(timer.drain())
+    assert step == 0 and device_ms == pytest.approx([2.0, 3.0]) and stream.syncs == 1
     assert all(e.query() for e in recorded)
 
 
@@ -98,7 +164,8 @@ def test_cuda_host_time_is_host_side_only():
     timer.mark(0)
     stream.launch(500.0)
     timer.mark(1)
-    device_ms, _, host_ns = timer.read()
+    host_ns, _ = timer.end_step()
+    [(_, device_ms, _)] = list(timer.drain())
     assert device_ms == [500.0] and phase_ms(host_ns)[0] < 50
 
 
@@ -108,33 +175,10 @@ def test_cpu_timer_measures_wall_time():
     time.sleep(0.02)
     timer.mark(1)
     timer.mark(2)
-    device_ms, gaps, host_ns = timer.read()
+    host_ns, done = timer.end_step()
     host_ms = phase_ms(host_ns)
-    assert device_ms is None and gaps is None  # on a CPU device time is the host's wall time
+    assert done == [] and list(timer.drain()) == []  # on a CPU device time is the host's wall time
     assert 20 <= host_ms[0] < 60 and host_ms[1] < 5
-
-
-def test_gaps_are_the_device_idle_time_between_phases():
-    """The host's between-phase bookkeeping and its work between steps leave the GPU
-    idle only where the GPU had caught up with the host; phases exclude them."""
-    stream = FakeStream()
-    timer = CudaPhaseTimer(2, lambda: FakeEvent(stream), between=lambda b: stream.host(0.1))
-    readings = []
-    for _ in range(3):
-        timer.mark(0)
-        stream.launch(5.0)  # phase 0: the host launches 5 ms of work and runs ahead
-        timer.mark(1)  # the GPU is busy: the 0.1 ms of bookkeeping costs it nothing
-        stream.host(2.0)  # phase 1: host-side work while the GPU works through its queue...
-        stream.launch(0.5)  # ... then a short kernel
-        timer.mark(2)
-        readings.append(timer.read())
-        stream.host(3.0)  # between steps: the host loops and builds the next batch
-    for step, (device_ms, gaps, _) in enumerate(readings):
-        assert device_ms == pytest.approx([5.0, 0.5])
-        assert gaps[1] == pytest.approx(0.0)
-        # The GPU finished the previous step when the host synchronised, then waited
-        # out the host's 3 ms between steps and the 0.1 ms of bookkeeping.
-        assert gaps[0] == (None if step == 0 else pytest.approx(3.1))
 
 
 def test_gaps_show_an_idle_gpu_between_phases():
@@ -147,7 +191,8 @@ def test_gaps_show_an_idle_gpu_between_phases():
     timer.mark(1)
     stream.launch(0.01)
     timer.mark(2)
-    device_ms, gaps, _ = timer.read()
+    _, done = timer.end_step()
+    [(_, device_ms, gaps)] = done + list(timer.drain())  # read at once or after the loop: the same values
     assert gaps[1] == pytest.approx(0.25)
     assert device_ms[0] == pytest.approx(1.0)  # the phase lasts as long as the host took to launch it
 
@@ -162,6 +207,11 @@ def test_bookkeeping_between_phases_is_charged_to_no_phase(cuda):
     timer.mark(0)
     timer.mark(1)
     timer.mark(2)
-    _, _, host_ns = timer.read()
+    host_ns, _ = timer.end_step()
     assert len(host_ns) == 4 and all(ms < 10 for ms in phase_ms(host_ns))
     assert host_ns[2] - host_ns[1] >= 20e6  # the gap between phase 0's end and phase 1's start
+
+
+def test_ahead_must_be_positive():
+    with pytest.raises(ValueError, match="ahead"):
+        CudaPhaseTimer(2, lambda: FakeEvent(FakeStream()), ahead=0)

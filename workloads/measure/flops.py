@@ -7,7 +7,8 @@ memory nor arithmetic either, since shapes are all a FLOP formula needs, so even
 a model too big for this host can be counted here.
 
 The conventions are FlopCounterMode's, which are also those of MFU as usually
-reported (PaLM appendix B, nanoGPT `estimate_mfu`):
+reported (PaLM, Chowdhery et al. 2022, appendix B, https://arxiv.org/abs/2204.02311 ;
+nanoGPT's `estimate_mfu`, https://github.com/karpathy/nanoGPT/blob/master/model.py):
 
 - a multiply-add is 2 FLOPs;
 - only matmul-class ops are counted: mm, addmm, bmm, baddbmm, convolution and
@@ -18,6 +19,26 @@ reported (PaLM appendix B, nanoGPT `estimate_mfu`):
   formula). Both count the full T x T score matrix, even with `is_causal=True`:
   a causal kernel that skips the masked half does about half that work;
 - the optimizer step is not counted.
+
+Model FLOPs and hardware FLOPs (PaLM appendix B): with activation checkpointing
+the backward pass re-runs parts of the forward to rebuild the activations it did
+not keep. Model FLOPs leave that recomputation out: they are what the model needs,
+whatever the implementation, and MFU divides them by the step time and the peak.
+Hardware FLOPs include it: what the device ran, the numerator of HFU. So
+`FlopCount.backward` is the backward proper and the recomputed forward is
+`FlopCount.recompute`. The two are told apart by grad mode: autograd runs the
+backward proper with grad mode equal to `create_graph` (off, for `loss.backward()`),
+while `torch.utils.checkpoint`, reentrant or not, re-runs the forward with grad
+on, since it must record a graph to differentiate (and so does any checkpointing
+built on it, such as `transformers`' `gradient_checkpointing_enable()`).
+
+A compiled model (`torch.compile(model)`, `model.compile()`, compiled submodules
+or functions) is counted as the eager model it compiles, the same math: the pass
+runs under `torch.compiler.set_stance("force_eager")`, where dynamo does not look
+at a frame, so it neither compiles nor marks code to skip. Without that (dynamo
+skips, for good, a frame it meets under a dispatch mode such as the counter),
+every later step of the user's model would run eager. On a torch without
+`set_stance` (before 2.6), a model holding a compiled module is not counted.
 
 A built-in may declare a closed-form count to check this one against
 (`BuiltinInfo.analytic_flops`; gpt's is in `stepscope.workloads.builtin.gpt`).
@@ -40,6 +61,9 @@ from stepscope.workloads.api import Workload
 from stepscope.workloads.measure.batch import call_model, to_device
 
 DEVICES = ("meta", "cpu")  # tried in this order
+
+# torch.compiler.set_stance came with torch 2.6 (https://pytorch.org/docs/stable/generated/torch.compiler.set_stance.html).
+_HAS_STANCE = hasattr(torch.compiler, "set_stance")
 
 # Ops the counter has no formula for, but whose cost is linear in their tensor
 # sizes, so that leaving them out is the convention, not a hole. Views and ops
@@ -86,7 +110,9 @@ class FlopCount:
     """FLOPs of one training step of the whole batch (multiply-add = 2).
 
     - `forward`: the model's forward and the loss.
-    - `backward`: `loss.backward()`.
+    - `backward`: `loss.backward()`, the backward proper: without `recompute`.
+    - `recompute`: the forward ops `loss.backward()` re-ran for activation
+      checkpointing (grad mode on); 0 without checkpointing.
     - `per_sample_forward`: `forward / params["batch_size"]`.
     - `device_used`: "meta", or "cpu" when the step could not run on meta.
     - `uncounted`: ops the step ran that have no FLOP formula and are not known
@@ -100,18 +126,26 @@ class FlopCount:
     device_used: str
     uncounted: tuple[str, ...] = ()
     fallback_reason: str | None = None
+    recompute: int = 0
 
     def __post_init__(self) -> None:
         if self.device_used not in DEVICES:
             raise ValueError(f"FlopCount.device_used must be one of {DEVICES}, got {self.device_used!r}")
-        for name in ("forward", "backward", "per_sample_forward"):
+        for name in ("forward", "backward", "recompute", "per_sample_forward"):
             if getattr(self, name) < 0:
                 raise ValueError(f"FlopCount.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def step(self) -> int:
-        """Forward, loss and backward: what one training step computes, optimizer aside."""
+        """Model FLOPs: forward, loss and backward, no recomputation, optimizer aside.
+        MFU's numerator (PaLM appendix B)."""
         return self.forward + self.backward
+
+    @property
+    def hardware(self) -> int:
+        """Hardware FLOPs: `step` plus the recomputed forward, what the device ran.
+        HFU's numerator (PaLM appendix B)."""
+        return self.forward + self.backward + self.recompute
 
 
 def count_step_flops(build: Callable[[dict], Workload], params: Mapping[str, Any]) -> FlopCount:
@@ -123,9 +157,10 @@ def count_step_flops(build: Callable[[dict], Workload], params: Mapping[str, Any
     it builds again on the CPU and runs the step for real: exact, but it costs
     one CPU step's time and memory at the trial's sizes.
 
-    Leaves torch's global RNG state and grad mode as it found them, so the
-    runner can call it before seeding and timing. Raises FlopCountError when
-    the step runs on neither device.
+    Leaves torch's global RNG state, grad mode and dynamo as it found them, so
+    the runner can call it before seeding and timing: a compiled model is counted
+    eager, and its compiled code is neither made nor marked to skip (module
+    docstring). Raises FlopCountError when the step runs on neither device.
     """
     with _global_state_preserved():
         try:
@@ -145,24 +180,64 @@ def _count(build, params, device: str, fallback_reason: str | None = None) -> Fl
         work = build(dict(params))
     model = work.model.to(device)  # a builder may have made some parts on the CPU
     model.train()  # as the runner does: train-mode batch norm, dropout
+    if not _HAS_STANCE:
+        _refuse_compiled(model)
     inputs, targets = (to_device(x, device) for x in work.make_batch())
     recorder = _OpRecorder()
-    # The recorder is entered first, so it sits under the counter: it sees the ops
-    # the counter lets run, after the counter has decomposed what it could.
+    # The recorder is entered first, so it sits under the counters: it sees the ops
+    # they let run, after they have decomposed what they could.
     with sdpa_kernel(SDPBackend.MATH), recorder:
         with FlopCounterMode(display=False) as forward:
             loss = work.loss_fn(call_model(model, inputs), targets)
-        with FlopCounterMode(display=False) as backward:
+        with _counter(grad_mode=False) as backward, _counter(grad_mode=True) as recompute:
             loss.backward()
     fwd = forward.get_total_flops()
     return FlopCount(
         forward=fwd,
         backward=backward.get_total_flops(),
+        recompute=recompute.get_total_flops(),
         per_sample_forward=fwd / params["batch_size"],
         device_used=device,
         uncounted=recorder.uncounted(set(forward.flop_registry)),
         fallback_reason=fallback_reason,
     )
+
+
+def _counter(grad_mode: bool) -> FlopCounterMode:
+    """A FlopCounterMode that counts only the ops run while `torch.is_grad_enabled()`
+    is `grad_mode`: during `loss.backward()`, False is the backward proper, True the
+    forward that activation checkpointing recomputes (module docstring)."""
+
+    def gate(formula: Callable) -> Callable:
+        def counted(*args, out_val=None, **kwargs):
+            # A dispatch mode runs below autograd, which leaves grad mode as the op saw it.
+            if torch.is_grad_enabled() is not grad_mode:
+                return 0
+            return formula(*args, out_val=out_val, **kwargs)
+
+        counted._get_raw = True  # `formula` is the registry's, already shape-wrapped
+        return counted
+
+    registry = FlopCounterMode(display=False).flop_registry
+    return FlopCounterMode(display=False, custom_mapping={op: gate(f) for op, f in registry.items()})
+
+
+def _refuse_compiled(model) -> None:
+    # Before torch 2.6 dynamo cannot be told to stand aside, and would mark the user's
+    # compiled code to skip for good when it met it under the counter.
+    compiled = [name or "the model" for name, m in model.named_modules()
+                if isinstance(m, _optimized_module()) or getattr(m, "_compiled_call_impl", None) is not None]
+    if compiled:
+        raise RuntimeError(
+            f"{compiled[0]} is torch.compile'd: counting it needs torch >= 2.6 (torch.compiler.set_stance); "
+            "set count_flops: false, or upgrade torch"
+        )
+
+
+def _optimized_module() -> type:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return OptimizedModule
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -202,6 +277,10 @@ def _global_state_preserved() -> Iterator[None]:
     # Building a model on the CPU draws its init from the global generator;
     # fork_rng puts the state back. enable_grad: the step needs autograd even
     # when the caller is under no_grad, and restores the caller's mode on exit.
+    # force_eager: dynamo stands aside (module docstring) and the caller's stance
+    # comes back on exit.
+    # set_stance sets the stance when called, so it is called inside the `with`.
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+    with (torch.random.fork_rng(devices=cuda), torch.enable_grad(),
+          torch.compiler.set_stance("force_eager") if _HAS_STANCE else contextlib.nullcontext()):
         yield

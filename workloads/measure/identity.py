@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from stepscope.workloads.measure.nvml import device_handle
+from stepscope.workloads.measure.nvml import device_handle, is_mig_handle, parent_handle
 from stepscope.workloads.measure.records import NvmlIdentity
 
 FORM_FACTORS = ("SXM", "PCIe", "NVL")
@@ -32,11 +32,23 @@ FORM_FACTORS = ("SXM", "PCIe", "NVL")
 BASES = ("name", "power", "memory", "default", "single")
 
 # Marketed memory sizes (GB as NVIDIA prints them; NVML reports a little less
-# than this many GiB once the driver has reserved its share).
+# than this many GiB once the driver has reserved its share). A size in a name
+# that is not one of its family's is not the GPU's memory: "NVIDIA GH200 480GB"
+# names the Grace CPU's LPDDR5X, beside 96 GB HBM3 (144 GB HBM3e) on the GPU.
+# B200: 180 GB in HGX B200 (https://www.nvidia.com/en-us/data-center/hgx/), 192 GB
+# as announced; GB200: 186 GB per GPU in GB200 NVL72
+# (https://www.nvidia.com/en-us/data-center/gb200-nvl72/); H20: 96 GB HBM3, 141 GB later.
 _MEMORY_GB = {
+    "GB200": (186, 192),
+    "GH200": (96, 144),
+    "B200": (180, 192),
     "H200": (141,),
     "H100": (64, 80, 94, 96),
+    "H800": (80,),
+    "H20": (96, 141),
     "A100": (40, 80),
+    "A40": (48,),
+    "A30": (24,),
     "V100": (16, 32),
     "L40S": (48,),
     "L40": (48,),
@@ -47,14 +59,22 @@ _MEMORY_GB = {
     "RTX4090": (24,),
 }
 
-# Families whose NVML name is checked in this order (L40S before L40 before L4,
-# A10G before A10), each with the pattern that finds it in the name.
+# Families whose NVML name is checked in this order (GB200 and GH200 before B200
+# and H200, H200 before H20, L40S before L40 before L4, A10G before A10), each
+# with the pattern that finds it in the name.
 _FAMILIES = (
+    ("GB200", r"\bGB200\b"),
+    ("GH200", r"\bGH200\b"),
+    ("B200", r"\bB200\b"),
     ("H200", r"\bH200\b"),
     ("H100", r"\bH100\b"),
+    ("H800", r"\bH800\b"),
+    ("H20", r"\bH20\b"),
     ("A100", r"\bA100\b"),
     ("A10G", r"\bA10G\b"),
     ("A10", r"\bA10\b"),
+    ("A30", r"\bA30\b"),
+    ("A40", r"\bA40\b"),
     ("L40S", r"\bL40S\b"),
     ("L40", r"\bL40\b"),
     ("L4", r"\bL4\b"),
@@ -64,7 +84,9 @@ _FAMILIES = (
 )
 
 # Families sold in one board form only: the form factor is not a dimension for them.
-_SINGLE_FORM = {"L40S", "L40", "L4", "A10G", "A10", "T4", "RTX4090"}
+# B200 ships on HGX/DGX B200 (SXM) boards, GB200 and GH200 as superchips, H20 on HGX
+# boards; A30, A40, L40, L40S, L4, A10, A10G and T4 are PCIe cards only.
+_SINGLE_FORM = {"GB200", "GH200", "B200", "H20", "A30", "A40", "L40S", "L40", "L4", "A10G", "A10", "T4", "RTX4090"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +116,8 @@ class GpuModel:
         object.__setattr__(self, "label", "-".join(parts))
 
 
-def gpu_variant(name: str | bytes, memory_bytes: int | None = None, power_limit_w: float | None = None) -> GpuModel:
+def gpu_variant(name: str | bytes, memory_bytes: int | None = None, power_limit_w: float | None = None,
+                *, power_limit_default_w: float | None = None) -> GpuModel:
     """The exact variant behind an NVML device name.
 
     The name decides whenever it can: "SXM" (A100-SXM4, V100-SXM2), "PCIe"/"PCIE",
@@ -102,19 +125,23 @@ def gpu_variant(name: str | bytes, memory_bytes: int | None = None, power_limit_
     PCIe H100 carries HBM2e and reports "NVIDIA H100 PCIe" or "... HBM2e").
     `basis` on the result says what decided.
 
-    Where the name is ambiguous, the board power limit (NVML's
-    nvmlDeviceGetPowerManagementLimit, in watts) decides, then the memory:
+    Where the name is ambiguous, the board's power limit in watts decides, then
+    the memory. The DEFAULT limit (`power_limit_default_w`, NVML's
+    nvmlDeviceGetPowerManagementDefaultLimit) is the board's own: an
+    administrator's cap (`nvidia-smi -pl 500` on a 700 W H200 SXM) lowers the
+    current limit (`power_limit_w`, nvmlDeviceGetPowerManagementLimit) but not
+    the default, and read as the board's it would make that SXM an NVL. The
+    current limit decides only where the default is unknown (None).
 
-    - H100: >= 450 W is SXM (700 W board); below that, >= 90 GB is NVL (94 GB,
-      350-400 W), else PCIe (80 GB, 300-350 W). No power and 80 GB: SXM, basis
-      "default" (SXM and PCIe both have 80 GB; HGX systems are the common case).
+    - H100 and H800: >= 450 W is SXM (700 W board); below that, >= 90 GB is NVL
+      (H100 NVL: 94 GB, 350-400 W), else PCIe (80 GB, 300-350 W). No power and
+      80 GB: SXM, basis "default" (SXM and PCIe both have 80 GB; HGX systems
+      are the common case).
     - H200: > 600 W is SXM (700 W); <= 600 W is NVL (600 W max). No power: SXM,
       basis "default".
     - A100: > 300 W is SXM (400 W); <= 300 W is PCIe (250 W 40 GB, 300 W 80 GB).
     - V100: > 250 W is SXM2/SXM3 (300/350 W); <= 250 W is PCIe.
 
-    A power limit an administrator lowered (`nvidia-smi -pl`) can make an SXM
-    board look like a PCIe one; the default limit is the safer input when known.
     Thresholds from the boards' TDPs: H100 https://www.nvidia.com/en-us/data-center/h100/
     and https://nvdam.widen.net/s/95bdhpsgrs/nvidia_h100_tensor_core_gpu_architecture_whitepaper_v1.03;
     H200 https://www.nvidia.com/en-us/data-center/h200/; A100
@@ -129,7 +156,8 @@ def gpu_variant(name: str | bytes, memory_bytes: int | None = None, power_limit_
     text = text.split(" MIG ")[0].strip()
     upper = text.upper()
     family = _family(text)
-    memory_gb = _memory_from_name(upper) or _memory_from_bytes(family, memory_bytes)
+    memory_gb = _memory_from_name(family, upper) or _memory_from_bytes(family, memory_bytes)
+    power_w = power_limit_default_w if power_limit_default_w is not None else power_limit_w
 
     if family in _SINGLE_FORM:
         return GpuModel(family, None, memory_gb, "single")
@@ -137,11 +165,11 @@ def gpu_variant(name: str | bytes, memory_bytes: int | None = None, power_limit_
         return GpuModel(family, "NVL", memory_gb, "name")
     if "SXM" in upper:
         return GpuModel(family, "SXM", memory_gb, "name")
-    if "PCIE" in upper or (family == "H100" and "HBM2E" in upper):
+    if "PCIE" in upper or (family in ("H100", "H800") and "HBM2E" in upper):
         return GpuModel(family, "PCIe", memory_gb, "name")
-    if family == "H100" and "HBM3" in upper:
+    if family in ("H100", "H800") and "HBM3" in upper:
         return GpuModel(family, "SXM", memory_gb, "name")
-    form, basis = _ambiguous_form(family, memory_gb, power_limit_w)
+    form, basis = _ambiguous_form(family, memory_gb, power_w)
     return GpuModel(family, form, memory_gb, basis)
 
 
@@ -154,9 +182,13 @@ def _family(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", stripped) or "unknown"
 
 
-def _memory_from_name(upper: str) -> int | None:
+def _memory_from_name(family: str, upper: str) -> int | None:
     m = re.search(r"(\d+)\s*GB", upper)
-    return int(m.group(1)) if m else None
+    if not m:
+        return None
+    gb = int(m.group(1))
+    sizes = _MEMORY_GB.get(family)
+    return gb if sizes is None or gb in sizes else None
 
 
 def _memory_from_bytes(family: str, memory_bytes: int | None) -> int | None:
@@ -173,7 +205,7 @@ def _memory_from_bytes(family: str, memory_bytes: int | None) -> int | None:
 
 
 def _ambiguous_form(family: str, memory_gb: int | None, power_w: float | None) -> tuple[str | None, str]:
-    if family == "H100":
+    if family in ("H100", "H800"):
         if power_w is not None and power_w >= 450:
             return "SXM", "power"
         if memory_gb is not None and memory_gb >= 90:
@@ -203,17 +235,30 @@ def nvml_identity(handle: Any, nvml: Any) -> NvmlIdentity:
     constants such as NVML_CLOCK_SM are read from it, never assumed. Fields of the
     `NvmlIdentity` it returns:
 
-    - device_name, device_uuid, device_memory_bytes, pci_bus_id
+    - device_name, device_uuid, device_memory_bytes: the device's own (a MIG
+      slice's name, UUID and memory for a MIG handle)
+    - pci_bus_id
     - sm_clock_mhz, mem_clock_mhz: current clocks (nvmlDeviceGetClockInfo)
     - sm_clock_max_mhz, mem_clock_max_mhz: nvmlDeviceGetMaxClockInfo
     - power_limit_w: nvmlDeviceGetPowerManagementLimit (milliwatts / 1000);
       nvmlDeviceGetEnforcedPowerLimit where the first is unsupported
+    - power_limit_default_w: nvmlDeviceGetPowerManagementDefaultLimit
     - ecc_enabled, ecc_pending: nvmlDeviceGetEccMode (current, pending)
     - mig_enabled, mig_pending: nvmlDeviceGetMigMode (current, pending)
     - driver_version: nvmlSystemGetDriverVersion
     - cuda_driver_version: nvmlSystemGetCudaDriverVersion, as "12.4"
-    - gpu_variant: gpu_variant(...).label, or None without a name
+    - gpu_variant: gpu_variant(...).label from the name, the board's memory and
+      its default power limit; None without a name
+    - is_mig_instance: nvmlDeviceIsMigDeviceHandle; where the call is missing,
+      whether the UUID is a MIG- one
+    - mig_parent_sm_count: for a MIG slice, the whole board's SM count
+      (`_board_sm_count`); None on a whole board or where NVML cannot say
     - nvml_unavailable: {field: NVML's reason} for every field left None by an error
+
+    For a MIG handle, what belongs to the board (PCI id, clocks, power limits,
+    ECC and MIG modes, and the memory that tells the variant) is read from the
+    parent handle (nvmlDeviceGetDeviceHandleFromMigDeviceHandle): NVML answers
+    most of those queries only for the parent.
     """
     missing: dict[str, str] = {}
 
@@ -228,37 +273,85 @@ def nvml_identity(handle: Any, nvml: Any) -> NvmlIdentity:
             missing[key] = str(err) or type(err).__name__
             return None
 
+    parent = parent_handle(nvml, handle)
+    board = parent if parent is not None else handle
     sm, mem = getattr(nvml, "NVML_CLOCK_SM", None), getattr(nvml, "NVML_CLOCK_MEM", None)
     out: dict[str, Any] = {
         "device_name": _opt_text(ask("device_name", "nvmlDeviceGetName", handle)),
         "device_uuid": _opt_text(ask("device_uuid", "nvmlDeviceGetUUID", handle)),
         "device_memory_bytes": _opt_int(getattr(ask("device_memory_bytes", "nvmlDeviceGetMemoryInfo", handle), "total", None)),
-        "pci_bus_id": _bus_id(ask("pci_bus_id", "nvmlDeviceGetPciInfo", handle)),
-        "sm_clock_mhz": _opt_int(ask("sm_clock_mhz", "nvmlDeviceGetClockInfo", handle, sm)),
-        "mem_clock_mhz": _opt_int(ask("mem_clock_mhz", "nvmlDeviceGetClockInfo", handle, mem)),
-        "sm_clock_max_mhz": _opt_int(ask("sm_clock_max_mhz", "nvmlDeviceGetMaxClockInfo", handle, sm)),
-        "mem_clock_max_mhz": _opt_int(ask("mem_clock_max_mhz", "nvmlDeviceGetMaxClockInfo", handle, mem)),
+        "pci_bus_id": _bus_id(ask("pci_bus_id", "nvmlDeviceGetPciInfo", board)),
+        "sm_clock_mhz": _opt_int(ask("sm_clock_mhz", "nvmlDeviceGetClockInfo", board, sm)),
+        "mem_clock_mhz": _opt_int(ask("mem_clock_mhz", "nvmlDeviceGetClockInfo", board, mem)),
+        "sm_clock_max_mhz": _opt_int(ask("sm_clock_max_mhz", "nvmlDeviceGetMaxClockInfo", board, sm)),
+        "mem_clock_max_mhz": _opt_int(ask("mem_clock_max_mhz", "nvmlDeviceGetMaxClockInfo", board, mem)),
         "driver_version": _opt_text(ask("driver_version", "nvmlSystemGetDriverVersion")),
         "cuda_driver_version": _cuda_version(ask("cuda_driver_version", "nvmlSystemGetCudaDriverVersion")),
     }
-    milliwatts = ask("power_limit_w", "nvmlDeviceGetPowerManagementLimit", handle)
+    milliwatts = ask("power_limit_w", "nvmlDeviceGetPowerManagementLimit", board)
     if milliwatts is None:
-        milliwatts = ask("power_limit_w", "nvmlDeviceGetEnforcedPowerLimit", handle)
+        milliwatts = ask("power_limit_w", "nvmlDeviceGetEnforcedPowerLimit", board)
         if milliwatts is not None:
             missing.pop("power_limit_w", None)
     out["power_limit_w"] = milliwatts / 1000.0 if milliwatts is not None else None
+    default_mw = ask("power_limit_default_w", "nvmlDeviceGetPowerManagementDefaultLimit", board)
+    out["power_limit_default_w"] = default_mw / 1000.0 if default_mw is not None else None
 
     enabled = getattr(nvml, "NVML_FEATURE_ENABLED", 1)
-    out["ecc_enabled"], out["ecc_pending"] = _pair(ask("ecc_enabled", "nvmlDeviceGetEccMode", handle), enabled)
+    out["ecc_enabled"], out["ecc_pending"] = _pair(ask("ecc_enabled", "nvmlDeviceGetEccMode", board), enabled)
     mig_on = getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1)
-    out["mig_enabled"], out["mig_pending"] = _pair(ask("mig_enabled", "nvmlDeviceGetMigMode", handle), mig_on)
+    out["mig_enabled"], out["mig_pending"] = _pair(ask("mig_enabled", "nvmlDeviceGetMigMode", board), mig_on)
     for key in ("ecc", "mig"):
         if f"{key}_enabled" in missing:
             missing[f"{key}_pending"] = missing[f"{key}_enabled"]
 
+    is_mig = is_mig_handle(nvml, handle)
+    if is_mig is None and out["device_uuid"]:
+        is_mig = out["device_uuid"].startswith("MIG-")
+    out["is_mig_instance"] = is_mig
+    out["mig_parent_sm_count"] = _board_sm_count(nvml, parent) if parent is not None else None
+    if parent is not None and out["mig_parent_sm_count"] is None:
+        missing["mig_parent_sm_count"] = "NVML gives no SM count for the parent board"
+
     name = out["device_name"]
-    out["gpu_variant"] = gpu_variant(name, out["device_memory_bytes"], out["power_limit_w"]).label if name else None
+    # A MIG slice's own memory is a fraction of the board's: the variant reads the board's.
+    board_memory = out["device_memory_bytes"]
+    if parent is not None:
+        try:
+            board_memory = int(nvml.nvmlDeviceGetMemoryInfo(parent).total)
+        except Exception:  # the variant is then read from the name and power alone
+            board_memory = None
+    out["gpu_variant"] = gpu_variant(
+        name, board_memory, out["power_limit_w"], power_limit_default_w=out["power_limit_default_w"]
+    ).label if name else None
     return NvmlIdentity(**out, nvml_unavailable=missing)
+
+
+# FP32 cores per SM by compute capability, for the MIG-capable architectures: the
+# "32-bit floating-point add, multiply, multiply-add" row of the CUDA C++
+# Programming Guide's throughput table (results per clock cycle per multiprocessor):
+# 64 on 8.0 (A100, A30), 128 on 9.0 (H100, H200, H800, H20, GH200) and 10.0 (B200, GB200).
+# https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#arithmetic-instructions
+_FP32_CORES_PER_SM = {(8, 0): 64, (9, 0): 128, (10, 0): 128}
+
+
+def _board_sm_count(nvml: Any, board: Any) -> int | None:
+    """SMs of a whole board, from NVML: nvmlDeviceGetAttributes where the driver answers
+    it for a board (the NVML reference says it "currently only supports MIG device
+    handles"), else nvmlDeviceGetNumGpuCores divided by the FP32 cores per SM of the
+    board's compute capability. None where neither works."""
+    try:
+        count = int(nvml.nvmlDeviceGetAttributes(board).multiprocessorCount)
+        if count > 0:
+            return count
+    except Exception:  # NotSupported on a parent handle (see above), an old binding
+        pass
+    try:
+        cores = int(nvml.nvmlDeviceGetNumGpuCores(board))
+        per_sm = _FP32_CORES_PER_SM.get(tuple(nvml.nvmlDeviceGetCudaComputeCapability(board)))
+    except Exception:  # a driver before nvmlDeviceGetNumGpuCores
+        return None
+    return cores // per_sm if per_sm and cores > 0 and cores % per_sm == 0 else None
 
 
 def identity_by_uuid(uuid: str, nvml: Any | None = None) -> NvmlIdentity | None:

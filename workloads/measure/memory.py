@@ -1,13 +1,18 @@
 """Where a step's memory goes, measured from the tensors and the allocator, not from formulas.
 
-- Per trial: bytes of parameters, gradients, optimizer state, and activations
-  (what autograd saved for backward, counted with saved-tensor hooks on the first
-  warmup step; storage that belongs to a parameter is already in `param_bytes`
-  and is not counted again; a storage saved twice counts once).
+- Per trial: bytes of parameters, gradients, optimizer state, and what autograd
+  saved for backward, counted with saved-tensor hooks on the trial's first step
+  (warmup or not, so the figure never depends on `warmup`). Of what is saved:
+  storage that belongs to a parameter is already in `param_bytes` and storage of a
+  module buffer (BatchNorm's running statistics) is the model's state, so neither
+  is counted; a copy of a parameter cast to another dtype (autocast's bf16/fp16
+  weights) is real memory but no activation, so it goes to `autocast_weight_bytes`;
+  the rest is `activation_bytes`. A storage saved twice counts once.
 - Per phase of every step: on CUDA the allocator's peak allocated and reserved
   bytes (peaks reset at each phase boundary; host-side allocator statistics, no
-  synchronisation); on every device the process's peak resident memory, reset at
-  each boundary through /proc/self/clear_refs (Linux; null elsewhere).
+  synchronisation); on every device the process's own peak resident memory,
+  reset at each boundary through /proc/self/clear_refs and read as VmHWM from
+  /proc/self/status (Linux; null elsewhere).
 - On CUDA, from NVML, the memory torch's allocator does not see: the CUDA
   context (measured right after it is created) and, after the measured steps,
   everything the process holds beyond torch's reserved pool.
@@ -16,7 +21,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import sys
 from typing import Any
 
@@ -35,30 +39,55 @@ def grad_bytes(model: Any) -> int:
     return tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
 
 
+#: Optimizer state keys that hold a per-parameter step counter (torch's Adam, AdamW, Adagrad,
+#: RAdam, NAdam, Adamax...: a 0-d tensor, 4 or 8 bytes, on the CPU unless `capturable` or
+#: `fused`), not a buffer the size of the parameter.
+STEP_KEYS = frozenset({"step"})
+
+
 def optimizer_state_bytes(optimizer: Any) -> int:
-    """Per-parameter state (Adam's two moments, SGD's momentum). Scalar bookkeeping
-    such as Adam's `step` counters is left out: it is not a per-parameter buffer."""
+    """Bytes of every tensor the optimizer keeps per parameter (Adam's two moments,
+    SGD's momentum), whatever the parameter's shape: a 0-d parameter (a learnable
+    temperature) has 0-d moments, and they count. Only the step counters
+    (`STEP_KEYS`) are left out. Tensors are counted by their own size and dtype."""
     total = 0
     for state in optimizer.state.values():
-        for value in state.values():
-            if hasattr(value, "numel") and value.dim() > 0:
-                total += value.numel() * value.element_size()
+        for key, value in state.items():
+            if key in STEP_KEYS or not hasattr(value, "element_size"):
+                continue
+            total += value.numel() * value.element_size()
     return total
 
 
 class SavedTensors:
-    """A `torch.autograd.graph.saved_tensors_hooks` pair that adds up what autograd saves."""
+    """A `torch.autograd.graph.saved_tensors_hooks` pair that adds up what autograd saves,
+    by storage: activations (`total`) and parameters cast to another dtype
+    (`autocast_weight_total`); parameters and buffers themselves are not counted."""
 
     def __init__(self, model: Any) -> None:
-        self.param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.model_storages = {t.untyped_storage().data_ptr() for t in model.parameters()}
+        self.model_storages |= {t.untyped_storage().data_ptr() for t in model.buffers()}
+        self._params = {id(p) for p in model.parameters()}
         self.storages: dict[int, int] = {}
+        self.weight_copies: dict[int, int] = {}
 
     def pack(self, t: Any) -> Any:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in self.param_storages and ptr not in self.storages:
-            self.storages[ptr] = storage.nbytes()
+        if ptr not in self.model_storages and ptr not in self.storages and ptr not in self.weight_copies:
+            (self.weight_copies if self._is_weight_copy(t) else self.storages)[ptr] = storage.nbytes()
         return t
+
+    def _is_weight_copy(self, t: Any) -> bool:
+        """`t` (or the tensor it views, e.g. a transposed weight) was made by a dtype cast
+        of a parameter: autograd's node for it is ToCopyBackward0 over the parameter's
+        AccumulateGrad. (A frozen parameter's cast has no node: it counts as activation.)"""
+        base = t._base if t._base is not None else t
+        fn = base.grad_fn
+        if fn is None or fn.name() != "ToCopyBackward0" or not fn.next_functions:
+            return False
+        source = fn.next_functions[0][0]
+        return id(getattr(source, "variable", None)) in self._params
 
     @staticmethod
     def unpack(t: Any) -> Any:
@@ -68,33 +97,49 @@ class SavedTensors:
     def total(self) -> int:
         return sum(self.storages.values())
 
+    @property
+    def autocast_weight_total(self) -> int:
+        return sum(self.weight_copies.values())
+
 
 class PeakRss:
-    """Peak resident set size between boundaries, via the kernel's high-water mark.
+    """This process's peak resident set size between boundaries: the kernel's VmHWM.
 
-    Writing 5 to /proc/self/clear_refs resets the high-water mark (Linux >= 4.0);
-    getrusage() then reads it in about 1.5 us, five times faster than parsing
-    /proc/self/status. (getrusage also remembers the peak of threads that have
-    exited; torch's worker threads live as long as the process, so that is moot.)
+    Writing 5 to /proc/self/clear_refs resets the high-water mark to the current
+    RSS (Linux >= 4.0); VmHWM in /proc/self/status then reads it (one pread of a
+    file kept open, ~8 us). `getrusage(RUSAGE_SELF).ru_maxrss` is not used: it is
+    the larger of VmHWM and a figure clear_refs does not reset, which exec() seeds
+    with the peak of the process that started this one and every exiting thread
+    raises, so it can report another process's peak.
     """
 
     def __init__(self) -> None:
+        self.available = False
         try:
             self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
-            self.reset()
-            self.available = sys.platform.startswith("linux")
         except OSError:
-            self.available = False
+            return
+        try:
+            self._status = os.open("/proc/self/status", os.O_RDONLY)
+            self.reset()
+            self.read()
+        except (OSError, ValueError):
+            os.close(self._clear)
+            return
+        self.available = sys.platform.startswith("linux")
 
     def reset(self) -> None:
         os.write(self._clear, b"5")  # 5: reset the peak RSS to the current RSS
 
     def read(self) -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        text = os.pread(self._status, 8192, 0)
+        start = text.index(b"VmHWM:") + 6
+        return int(text[start:text.index(b"kB", start)]) * 1024
 
     def close(self) -> None:
         if self.available:
             os.close(self._clear)
+            os.close(self._status)
 
 
 class PhasePeaks:
@@ -158,24 +203,36 @@ def nvml_used_bytes(uuid: str | None, pid: int | None = None, nvml: Any | None =
 
     Scope "process": what this process holds on the device (its CUDA context,
     torch's reserved pool, cuBLAS/cuDNN workspaces...), from
-    nvmlDeviceGetComputeRunningProcesses. Where NVML lists no such pid (a
-    container with its own pid namespace, a driver that does not report
-    per-process use) the fallback is the whole device's used memory, scope
-    "device". (None, None) without NVML, a driver, or a UUID.
+    nvmlDeviceGetComputeRunningProcesses. Only a positive figure is a reading:
+    newer drivers in containers list the pid with `usedGpuMemory` 0, pynvml
+    gives None for NVML's "not available" and an older binding the raw sentinel
+    (NVML_VALUE_NOT_AVAILABLE, 2**64 - 1); none of those is this process's use.
+
+    Scope "device": where NVML lists no such reading (that, a container with its
+    own pid namespace, a driver that does not report per-process use), the memory
+    every process on the device has allocated, this one included: NVML's v2
+    memory call, whose `used` leaves out what the driver and firmware reserve
+    for themselves (the v1 call counts it: several hundred MB on an idle
+    data-centre board), v1 where v2 is missing (`nvml.device_used_bytes`). A device figure
+    can still be below this process's torch pool only if NVML and torch were
+    read at different moments; callers subtracting from it must guard that.
+
+    (None, None) without NVML, a driver, or a UUID.
     """
+    from stepscope.workloads.measure.nvml import device_used_bytes, not_available
+
     with device_handle(uuid, nvml) as found:
         if found is None:
             return None, None
         nvml, handle = found
         pid = os.getpid() if pid is None else pid
+        sentinel = not_available(nvml)
         try:
             for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 used = getattr(proc, "usedGpuMemory", None)
-                if proc.pid == pid and used is not None:
+                if proc.pid == pid and used is not None and 0 < int(used) < sentinel:
                     return int(used), "process"
         except Exception:  # NVMLError_NotSupported and friends: fall back to the device
             pass
-        try:
-            return int(nvml.nvmlDeviceGetMemoryInfo(handle).used), "device"
-        except Exception:
-            return None, None
+        used = device_used_bytes(nvml, handle)
+        return (used, "device") if used is not None else (None, None)

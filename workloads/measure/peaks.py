@@ -13,19 +13,31 @@ Stepscope precisions map to datasheet rows as follows: fp32 -> FP32
 Core, bf16 and amp_bf16 -> BF16 Tensor Core, fp16 and amp_fp16 -> FP16 Tensor
 Core with FP32 accumulate (what PyTorch's half GEMMs use).
 
-`measured_matmul_peak` times a large square matmul on the device itself and
-caches the result per node, as a peak the hardware demonstrably reaches (clock
-limits, power caps and MIG slices included), to set beside the datasheet's.
+On a MIG slice the board's figure is scaled to the slice's share of the
+board's SMs (`device_datasheet_peak`): an A100's 1g.5gb slice has 14 of its 108
+SMs (MIG user guide, "Supported MIG Profiles":
+https://docs.nvidia.com/datacenter/tesla/mig-user-guide/), and measured against
+the whole board its MFU would read 108 / 14 = 7.7x low.
+
+`measured_matmul_peak` times square matmuls on the device itself, for long
+enough to reach steady clocks, and caches the median per node and per every
+condition that changes it (threads and CPU affinity on a CPU; the power limit,
+clocks and MIG slice on a GPU), as a peak the hardware demonstrably reaches, to
+set beside the datasheet's.
 
 Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import socket
+import statistics
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter_ns
@@ -33,6 +45,8 @@ from typing import Any
 
 from stepscope.errors import StepscopeError
 from stepscope.workloads.measure.identity import GpuModel, gpu_variant
+from stepscope.workloads.measure.nvml import device_handle, parent_handle
+from stepscope.workloads.measure.records import DeviceFacts
 
 
 class PeakError(StepscopeError, ValueError):
@@ -91,6 +105,22 @@ L4_DATASHEET = "https://resources.nvidia.com/en-us-gpu-resources/l4-tensor-datas
 L40S_PAGE = "https://www.nvidia.com/en-us/data-center/l40s/"
 V100_DATASHEET = "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf"
 ADA_WHITEPAPER = "https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf"
+AMPERE_WHITEPAPER = "https://images.nvidia.com/aem-dam/en-zz/Solutions/data-center/nvidia-ampere-architecture-whitepaper.pdf"
+HGX_PAGE = "https://www.nvidia.com/en-us/data-center/hgx/"
+GB200_PAGE = "https://www.nvidia.com/en-us/data-center/gb200-nvl72/"
+GH200_PAGE = "https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/"
+H800_NOTE_URL = "https://aiwiki.ai/wiki/nvidia_h800"
+H20_REPORT = "https://zangshuxian.com/new/674733024499207168"
+L40_DATASHEET = "https://images.nvidia.com/content/Solutions/data-center/vgpu-L40-datasheet.pdf"
+T4_DATASHEET = "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/t4-tensor-core-datasheet-951643.pdf"
+A30_DATASHEET = "https://www.nvidia.com/content/dam/en-zz/Solutions/data-center/products/a30-gpu/pdf/a30-datasheet.pdf"
+A40_DATASHEET = "https://images.nvidia.com/content/Solutions/data-center/a40/nvidia-a40-datasheet.pdf"
+# Where a copy of a source's table was read, for entries whose own document could not be
+# opened here (they stay verified=False until someone checks the document itself).
+BLACKWELL_TABLE_COPY = "https://zdszero.github.io/Computer/Artificial_Intelligence/Hardware.html"
+L40_TABLE_COPY = "https://www.mullet.se/product.html?product_id=355414"
+A40_TABLE_COPY = "https://www.ecer.com/corp/details-uuuedqa-p1bsay9-multi-display-setups-supported-by-48gb-gddr6-ecc-memory-nvidia-a40-gpu-and-vga-outputs.html"
+T4_TABLE_COPY = "https://geektopia.es/es/technology/2018/09/13/noticias/nvidia-presenta-la-nueva-tesla-t4-basada-en-turing-orientada-a-inteligencia-artificial.html"
 
 
 def _rows(
@@ -179,6 +209,71 @@ PEAKS: tuple[Peak, ...] = tuple(
     + _rows(("RTX4090-24GB",), ADA_WHITEPAPER,
             {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2, "fp8": 330.3},
             unverified=("tf32",))
+    # HGX page, "Individual Blackwell GPU Specifications", column HGX B200 (per GPU):
+    # FP8 9 PFLOPS, FP16/BF16 4.5, TF32 2.2, FP32 75 TFLOPS; footnote: Tensor Core figures
+    # "with sparsity". Read from a copy of the table (BLACKWELL_TABLE_COPY), not the page.
+    + _rows(("B200-180GB",), HGX_PAGE,
+            {"fp32": 75.0, "tf32": 2200.0, "bf16": 4500.0, "fp16": 4500.0, "fp8": 9000.0},
+            sparse=_TENSOR, unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: f"table copy read at {BLACKWELL_TABLE_COPY}" for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    # GB200 NVL72 page, per GPU (the same table's GB200 column): FP8 10 PFLOPS, FP16/BF16 5,
+    # TF32 2.5, FP32 80 TFLOPS, Tensor Core figures with sparsity; at up to 1,200 W per GPU.
+    + _rows(("GB200-186GB",), GB200_PAGE,
+            {"fp32": 80.0, "tf32": 2500.0, "bf16": 5000.0, "fp16": 5000.0, "fp8": 10000.0},
+            sparse=_TENSOR, unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: f"table copy read at {BLACKWELL_TABLE_COPY}" for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    # GH200 product page/datasheet: the Hopper GPU of the superchip carries the H100 SXM's
+    # figures (FP8 3,958*, BF16 1,979*, TF32 989*, FP32 67; * with sparsity). Not seen here.
+    + _rows(("GH200-96GB", "GH200-144GB"), GH200_PAGE,
+            {"fp32": 67.0, "tf32": 989.0, "bf16": 1979.0, "fp16": 1979.0, "fp8": 3958.0},
+            sparse=_TENSOR, unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: "not checked against a copy of the source" for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    # H800 (China export variant of H100): the H100's GH100 configuration with FP64 and NVLink
+    # cut (H800_NOTE_URL); its tensor rates are taken to be the H100 SXM's and PCIe's, the
+    # whitepaper's dense figures. Derived: no NVIDIA H800 document seen here.
+    + _rows(("H800-SXM-80GB",), H100_WHITEPAPER,
+            {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4, "fp8": 1978.9},
+            basis="derived", unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: f"derived: H100 SXM figures; H800 = H100 with FP64/NVLink cut ({H800_NOTE_URL})"
+                   for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    + _rows(("H800-PCIe-80GB",), H100_WHITEPAPER,
+            {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0, "fp8": 1513.0},
+            basis="derived", unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: f"derived: H100 PCIe figures; H800 = H100 with FP64/NVLink cut ({H800_NOTE_URL})"
+                   for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    # H20: NVIDIA publishes no page; partner spec sheets as reported (H20_REPORT, dense):
+    # FP16 148 TFLOPS "稠密" (dense), TF32 74, FP32 44; FP8 296 (the INT8 figure; Hopper runs
+    # FP8 at the INT8 rate).
+    + _rows(("H20-96GB",), H20_REPORT,
+            {"fp32": 44.0, "tf32": 74.0, "bf16": 148.0, "fp16": 148.0, "fp8": 296.0},
+            unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: "no NVIDIA document; a report of partner spec sheets" for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    # L40 datasheet: prints dense first, "BFLOAT16 Tensor Core 181.05 | 362.1*", "TF32 90.5 | 181*",
+    # "FP8 362 | 724*" (* with sparsity). Read from a copy of the table (L40_TABLE_COPY).
+    + _rows(("L40-48GB",), L40_DATASHEET,
+            {"fp32": 90.5, "tf32": 90.5, "bf16": 181.05, "fp16": 181.05, "fp8": 362.0},
+            unverified=("fp32", "tf32", "bf16", "fp16", "fp8"),
+            notes={p: f"table copy read at {L40_TABLE_COPY}" for p in ("fp32", "tf32", "bf16", "fp16", "fp8")})
+    # T4 datasheet: "Single-Precision 8.1 TFLOPS", "Mixed-Precision (FP16/FP32) 65 TFLOPS";
+    # Turing has no sparsity, no TF32 and no BF16 tensor path: stepscope's tf32 runs FP32 GEMMs.
+    + _rows(("T4-16GB",), T4_DATASHEET,
+            {"fp32": 8.1, "tf32": 8.1, "fp16": 65.0},
+            unverified=("fp32", "tf32", "fp16"),
+            notes={"fp32": f"figures as reported at {T4_TABLE_COPY}", "fp16": f"figures as reported at {T4_TABLE_COPY}",
+                   "tf32": "no TF32 on Turing: FP32 CUDA-core rate"})
+    # A30 datasheet: prints dense first, "TF32 Tensor Core 82 | 165*", "BFLOAT16 Tensor Core
+    # 165 | 330*", "FP16 165 | 330*", FP32 10.3. Not checked against a copy here.
+    + _rows(("A30-24GB",), A30_DATASHEET,
+            {"fp32": 10.3, "tf32": 82.0, "bf16": 165.0, "fp16": 165.0},
+            unverified=("fp32", "tf32", "bf16", "fp16"),
+            notes={p: "not checked against a copy of the source" for p in ("fp32", "tf32", "bf16", "fp16")})
+    # A40 datasheet: prints dense first, "Peak BF16 Tensor TFLOPS with FP32 Accumulate 149.7 |
+    # 299.4*", "Peak TF32 Tensor TFLOPS 74.8 | 149.6*", FP32 37.4 (FP16 with FP32 accumulate:
+    # the BF16 rate). Read from a copy of the datasheet text (A40_TABLE_COPY).
+    + _rows(("A40-48GB",), A40_DATASHEET,
+            {"fp32": 37.4, "tf32": 74.8, "bf16": 149.7, "fp16": 149.7},
+            unverified=("fp32", "tf32", "bf16", "fp16"),
+            notes={p: f"datasheet text copy read at {A40_TABLE_COPY}" for p in ("fp32", "tf32", "bf16", "fp16")})
 )
 
 _BY_KEY = {(p.label, p.precision): p for p in PEAKS}
@@ -235,27 +330,181 @@ def mfu(achieved_tflops: float, peak_tflops: float, *, tolerance: float = 0.0) -
     return ratio
 
 
+# ---------------------------------------------------------------- the device's datasheet peak
+
+@dataclass(frozen=True, slots=True)
+class BoardSMs:
+    """SMs of a whole board (what its datasheet peak is made of), by family and form
+    (None: every form of the family). The fallback where NVML cannot count them."""
+
+    family: str
+    form_factor: str | None
+    sm_count: int
+    source: str
+    verified: bool = False  # True: read in a copy of `source` itself
+    note: str = ""
+
+
+BOARD_SMS: tuple[BoardSMs, ...] = (
+    # Ampere whitepaper: "The A100 Tensor Core GPU implementation ... 108 SMs" (every A100 form).
+    BoardSMs("A100", None, 108, AMPERE_WHITEPAPER,
+             note="seen quoted at https://glennklockwood.com/garden/processors/A100; the whitepaper not opened"),
+    BoardSMs("A30", None, 56, A30_DATASHEET, note="derived: 3,584 FP32 cores / 64 per GA100 SM"),
+    # H100 whitepaper, Table 1: "SMs 132 | 114" (SXM5 | PCIe); the NVL board enables 132.
+    BoardSMs("H100", "SXM", 132, H100_WHITEPAPER),
+    BoardSMs("H100", "PCIe", 114, H100_WHITEPAPER),
+    BoardSMs("H100", "NVL", 132, H100_PAGE),
+    BoardSMs("H200", None, 132, H200_PAGE, note="the H100 SXM's GH100 configuration"),
+    BoardSMs("H800", "SXM", 132, H800_NOTE_URL, note="the H100 SXM's configuration"),
+    BoardSMs("H800", "PCIe", 114, H800_NOTE_URL, note="the H100 PCIe's configuration"),
+    BoardSMs("H20", None, 78, H20_REPORT, note="as reported from a benchmark listing"),
+    BoardSMs("GH200", None, 132, GH200_PAGE, note="the H100 SXM's configuration"),
+    BoardSMs("B200", None, 148, "https://hmc-tech.com/gpus/nvidia-b200-vs-nvidia-b100", note="third-party listing"),
+)
+
+
+def board_sm_count(label: str) -> BoardSMs | None:
+    """The `BOARD_SMS` entry for a variant label ("H100-SXM-80GB"), or None."""
+    model = gpu_variant(label)
+    for entry in BOARD_SMS:
+        if entry.family == model.family and entry.form_factor in (None, model.form_factor):
+            return entry
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasheetPeak:
+    """The dense datasheet peak of the device a trial ran on, in one precision.
+
+    `tflops` is for THIS device: the whole board's figure (`board_tflops`, the
+    table's) times `fraction`, 1.0 on a whole board, the slice's share of the
+    board's SMs on a MIG instance. `note` says how the fraction was found."""
+
+    variant: str  # GpuModel label, e.g. "A100-SXM-40GB"
+    tflops: float  # dense TFLOP/s this device can reach on the datasheet's terms
+    board_tflops: float  # the whole board's dense figure
+    fraction: float  # tflops / board_tflops
+    source: str  # the table entry's source URL
+    note: str = ""
+
+
+def device_datasheet_peak(facts: DeviceFacts, precision: str, *, allow_derived: bool = True) -> DatasheetPeak | None:
+    """The dense datasheet peak of the device in `facts` (`device.describe`'s), or None.
+
+    The variant: NVML's (`facts.identity.gpu_variant`), else read from the device
+    name, memory and power limit (default limit first) as `identity.gpu_variant`
+    does. On a MIG instance (an `is_mig_instance` identity, a MIG- UUID, or a
+    "... MIG 1g.10gb" name) the board's figure is scaled by slice SMs / board SMs:
+    the slice's SMs are `facts.sm_count` (torch counts the slice's), the board's
+    NVML's `identity.mig_parent_sm_count`, else `BOARD_SMS`. A MIG instance whose
+    share cannot be found gives None, not the whole board's figure.
+
+    None on a CPU, for a board not in the table, or for a precision the board has
+    no figure for. Raises PeakError for a precision stepscope does not know.
+    """
+    p = canonical_precision(precision)
+    if facts.device_kind != "cuda":
+        return None
+    mig = _is_mig(facts)
+    label = _facts_variant(facts, mig)
+    peak = datasheet_peak(label, p, allow_derived=allow_derived) if label else None
+    if peak is None:
+        return None
+    if not mig:
+        return DatasheetPeak(label, peak.tflops, peak.tflops, 1.0, peak.source, peak.note)
+    ident = facts.identity
+    board, basis = (ident.mig_parent_sm_count if ident else None), "NVML"
+    if not board:
+        entry = board_sm_count(label)
+        board, basis = (entry.sm_count, f"table: {entry.source}") if entry else (None, "")
+    slice_sms = facts.sm_count
+    if not board or not slice_sms or slice_sms > board:
+        return None
+    fraction = slice_sms / board
+    note = f"MIG slice: {slice_sms} of the board's {board} SMs ({basis})"
+    return DatasheetPeak(label, peak.tflops * fraction, peak.tflops, fraction, peak.source,
+                         f"{note}; {peak.note}" if peak.note else note)
+
+
+def _is_mig(facts: DeviceFacts) -> bool:
+    ident = facts.identity
+    if ident is not None and ident.is_mig_instance is not None:
+        return ident.is_mig_instance
+    return facts.device_uuid.startswith("MIG-") or " MIG " in (facts.device_name or "")
+
+
+def _facts_variant(facts: DeviceFacts, mig: bool) -> str | None:
+    ident = facts.identity  # NVML's, read once by stepscope.workloads.measure.device.describe
+    if ident is not None and ident.gpu_variant:
+        return ident.gpu_variant
+    if not facts.device_name:
+        return None
+    power = ident.power_limit_w if ident is not None else None
+    default = ident.power_limit_default_w if ident is not None else None
+    # A MIG slice's memory is its share of the board's: it would name another variant.
+    memory = None if mig else facts.device_memory_bytes
+    try:
+        return gpu_variant(facts.device_name, memory, power, power_limit_default_w=default).label
+    except Exception:  # an unknown board: no datasheet row, the measured peak still applies
+        return None
+
+
 # ---------------------------------------------------------------- measured peak
 
 CACHE_FILE = "matmul_peaks.json"
+# Cache entries and keys of this format only; older files keep their entries (another
+# stepscope on the node may read them) but their keys, JSON lists, never match a
+# format-2 key, a JSON object.
+CACHE_FORMAT = 2
 # Square sizes: large enough that a GPU's tensor cores are saturated (8192^3 is
-# 1.1 TFLOP per matmul), small enough on a CPU to stay well under 2 s in all.
-CUDA_SIZE, CUDA_REPS = 8192, 20
-CPU_SIZE, CPU_PROBE, CPU_MIN_SIZE, CPU_BUDGET_S = 1024, 512, 256, 0.15
-RUNS = 3  # best of
+# 1.1 TFLOP per matmul); on a CPU 1024, halved while one matmul would take
+# longer than a batch.
+CUDA_SIZE = 8192
+CPU_SIZE, CPU_PROBE, CPU_MIN_SIZE = 1024, 512, 256
+# Time-based: batches of back-to-back matmuls run until MIN_S seconds of them are
+# done (and at least MIN_KEPT are kept); batches that start in the first WARM_S
+# seconds (and always the first) are the ramp-up and are dropped; the peak is the
+# median batch rate. GPU: 2 s after a 0.5 s ramp. A GPU's clocks settle only once its
+# power controller has seen the sustained load, and NVML averages board power over
+# 1 s on Ampere and newer (nvmlDeviceGetPowerUsage,
+# https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html): a ~30 ms
+# burst reads the boost clock a power-capped board cannot hold. Reasoning, not a
+# measured constant; the sampler's clock and throttle columns show whether it held.
+# CPU: 0.3 s, enough for tens of batches and short enough for the tests.
+CUDA_MIN_S, CUDA_WARM_S, CUDA_BATCH_S = 2.0, 0.5, 0.05
+CPU_MIN_S, CPU_WARM_S, CPU_BATCH_S = 0.3, 0.03, 0.02
+MIN_KEPT = 5
+MAX_FACTOR = 4  # stop after MAX_FACTOR * MIN_S whatever was kept (a device slower than planned)
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredPeak:
+    """One measurement of the matmul peak: the median batch rate and its spread."""
+
+    tflops: float  # median TFLOP/s over the kept batches
+    min_tflops: float
+    max_tflops: float
+    samples: int  # batches kept
+    discarded: int  # ramp-up batches dropped
+    duration_s: float  # time the kept batches took, device time on a GPU
+    n: int  # square size
+    reps: int  # matmuls per batch
 
 
 def measured_matmul_peak(
-    device: Any, precision: str, cache_dir: str | os.PathLike, *, refresh: bool = False, torch_module: Any = None
+    device: Any, precision: str, cache_dir: str | os.PathLike, *, refresh: bool = False, torch_module: Any = None,
+    nvml: Any = None,
 ) -> float:
-    """Dense matmul TFLOP/s this device reaches in `precision`, measured once per node.
+    """Dense matmul TFLOP/s this device reaches in `precision`, measured once per node and condition.
 
-    Times a square matmul loop (8192 on CUDA; on a CPU 1024, halved while one
-    matmul would take longer than 0.15 s), best of 3 runs. On CUDA the loop
-    is bracketed by CUDA events with one synchronisation after it; on a CPU by
-    perf_counter_ns. The result is cached in `cache_dir`/matmul_peaks.json under
-    (host, device name, device UUID, precision, torch version), so a second call
-    on the node reads it; `refresh=True` measures again.
+    The median of `measure_matmul_peak`'s batches, cached in
+    `cache_dir`/matmul_peaks.json under everything that changes it
+    (`cache_key`): host, device name and UUID (a MIG slice has its own), precision,
+    torch version; on a CPU torch's thread count and the CPU affinity size; on a
+    GPU the enforced power limit and the application and maximum clocks NVML
+    reports (None where NVML cannot say). A second call under the same key reads
+    the cache; `refresh=True` measures again. `nvml`: pynvml or a stand-in.
+    Raises PeakError for fp8 (no plain torch.matmul) or an unknown precision.
     """
     p = canonical_precision(precision)
     if p == "fp8":
@@ -265,17 +514,41 @@ def measured_matmul_peak(
         import torch
     dev = torch.device(device)
     name, uuid = _device_identity(torch, dev)
-    key = json.dumps([socket.gethostname(), name, uuid, p, str(torch.__version__)])
+    conditions = _conditions(torch, dev, uuid, nvml)
+    key = cache_key(socket.gethostname(), name, uuid, p, str(torch.__version__), conditions)
     path = Path(cache_dir) / CACHE_FILE
-    cache = _read_cache(path)
-    if not refresh and key in cache:
-        return float(cache[key]["tflops"])
+    if not refresh:
+        hit = _entry(_read_cache(path).get(key))
+        if hit is not None:
+            return hit
 
-    tflops, n, reps = _measure(torch, dev, p)
+    m = _measure(torch, dev, p)
     cache = _read_cache(path)  # another worker on this node may have written meanwhile
-    cache[key] = {"tflops": tflops, "n": n, "reps": reps, "runs": RUNS, "device": name, "precision": p}
+    cache[key] = {
+        "format": CACHE_FORMAT, "tflops": m.tflops, "min_tflops": m.min_tflops, "max_tflops": m.max_tflops,
+        "samples": m.samples, "discarded": m.discarded, "duration_s": m.duration_s, "n": m.n, "reps": m.reps,
+        "device": name, "precision": p, "conditions": conditions,
+        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     _write_cache(path, cache)
-    return tflops
+    return m.tflops
+
+
+def cache_key(host: str, name: str, uuid: str | None, precision: str, torch_version: str,
+              conditions: dict[str, Any]) -> str:
+    """The cache key: a JSON object (old files used JSON lists, which never equal one)."""
+    return json.dumps({"format": CACHE_FORMAT, "host": host, "device": name, "uuid": uuid, "precision": precision,
+                       "torch": torch_version, **conditions}, sort_keys=True)
+
+
+def _entry(record: Any) -> float | None:
+    """The figure of a cache entry of this format, or None for anything else."""
+    if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT:
+        return None
+    value = record.get("tflops")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
 
 
 def _device_identity(torch: Any, dev: Any) -> tuple[str, str | None]:
@@ -289,43 +562,120 @@ def _device_identity(torch: Any, dev: Any) -> tuple[str, str | None]:
     return cpu_model(), None
 
 
-def _measure(torch: Any, dev: Any, precision: str) -> tuple[float, int, int]:
+def _conditions(torch: Any, dev: Any, uuid: str | None, nvml: Any = None) -> dict[str, Any]:
+    if dev.type == "cuda":
+        return gpu_conditions(uuid, nvml)
+    return {"num_threads": int(torch.get_num_threads()), "cpu_affinity": _affinity_size()}
+
+
+def _affinity_size() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count()
+
+
+def gpu_conditions(uuid: str | None, nvml: Any = None) -> dict[str, Any]:
+    """What NVML says sets a GPU's matmul rate: the enforced power limit (W), the
+    application clocks (the target `nvidia-smi -ac` sets, MHz) and the maximum
+    clocks, SM and memory. For a MIG slice they are the board's. Each None where
+    NVML cannot say; all None without NVML. Clocks locked with `nvidia-smi -lgc`
+    have no NVML getter here; they show in the sampler's clock columns."""
+    out: dict[str, Any] = dict.fromkeys(
+        ("power_limit_w", "sm_app_clock_mhz", "mem_app_clock_mhz", "sm_max_clock_mhz", "mem_max_clock_mhz"))
+    if uuid is None:
+        return out
+    if uuid.startswith("GPU-"):  # torch names a MIG slice GPU-<uuid>; NVML knows it as MIG-<uuid>
+        with device_handle(uuid, nvml) as found:
+            if found is not None:
+                return _read_conditions(*found, out)
+        uuid = "MIG-" + uuid.removeprefix("GPU-")
+    with device_handle(uuid, nvml) as found:
+        return _read_conditions(*found, out) if found is not None else out
+
+
+def _read_conditions(nvml: Any, handle: Any, out: dict[str, Any]) -> dict[str, Any]:
+    board = parent_handle(nvml, handle) or handle
+    sm, mem = getattr(nvml, "NVML_CLOCK_SM", None), getattr(nvml, "NVML_CLOCK_MEM", None)
+    target = getattr(nvml, "NVML_CLOCK_ID_APP_CLOCK_TARGET", None)
+
+    def ask(fn: str, *args: Any) -> Any:
+        try:
+            return getattr(nvml, fn)(board, *args)
+        except Exception:  # unsupported on this board/driver: part of the key as None
+            return None
+
+    mw = ask("nvmlDeviceGetEnforcedPowerLimit")
+    out["power_limit_w"] = mw / 1000.0 if mw is not None else None
+    for key, clock in (("sm_app_clock_mhz", sm), ("mem_app_clock_mhz", mem)):
+        value = ask("nvmlDeviceGetClock", clock, target) if target is not None else None
+        out[key] = value if value is not None else ask("nvmlDeviceGetApplicationsClock", clock)
+    out["sm_max_clock_mhz"] = ask("nvmlDeviceGetMaxClockInfo", sm)
+    out["mem_max_clock_mhz"] = ask("nvmlDeviceGetMaxClockInfo", mem)
+    return out
+
+
+def _measure(torch: Any, dev: Any, precision: str) -> MeasuredPeak:
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     from stepscope.workloads.measure.precision import restore_tf32, set_tf32
 
     saved = set_tf32(torch, precision == "tf32")  # as a trial in this precision runs
     try:
-        if dev.type == "cuda":
-            n, reps = CUDA_SIZE, CUDA_REPS
-        else:
-            n, reps = _cpu_size(torch, dev, dtype)
-        best = min(_time_matmul(torch, dev, dtype, n, reps) for _ in range(RUNS))
+        cuda = dev.type == "cuda"
+        n, reps = _plan(torch, dev, dtype, CUDA_BATCH_S if cuda else CPU_BATCH_S)
+        batches = _cuda_batches(torch, dev, dtype, n, reps) if cuda else _cpu_batches(torch, dev, dtype, n, reps)
+        try:
+            min_s, warm_s = (CUDA_MIN_S, CUDA_WARM_S) if cuda else (CPU_MIN_S, CPU_WARM_S)
+            return summarize(batches, 2 * n**3 * reps, min_s, warm_s, n=n, reps=reps)
+        finally:
+            batches.close()
     finally:
         restore_tf32(torch, saved)
-    return 2 * n**3 * reps / best / 1e12, n, reps
 
 
-def _cpu_size(torch: Any, dev: Any, dtype: Any) -> tuple[int, int]:
-    """A size and a rep count that keep each CPU run near CPU_BUDGET_S.
-
-    A probe at 512 predicts the larger size by n^3 (a CPU fp16 matmul can be 50x
-    slower than fp32, so no fixed size fits every precision); one matmul at the
-    chosen size then sets the rep count.
+def summarize(batch_seconds: Iterator[float], flop_per_batch: float, min_s: float, warm_s: float, *,
+              min_kept: int = MIN_KEPT, max_s: float | None = None, n: int = 0, reps: int = 0) -> MeasuredPeak:
+    """Draw batch times (seconds) until `min_s` seconds have passed and `min_kept`
+    batches are kept, or `max_s` (default MAX_FACTOR * min_s) have passed; drop the
+    batches that start before `warm_s` (the first always); the median rate of the rest.
     """
-    probe = max(_time_matmul(torch, dev, dtype, CPU_PROBE, 1), 1e-6)
-    n = CPU_SIZE
-    while n > CPU_MIN_SIZE and probe * (n / CPU_PROBE) ** 3 > CPU_BUDGET_S:
-        n //= 2
-    one = probe if n == CPU_PROBE else max(_time_matmul(torch, dev, dtype, n, 1), 1e-6)
-    return n, max(1, min(20, int(CPU_BUDGET_S / one)))
+    max_s = MAX_FACTOR * min_s if max_s is None else max_s
+    elapsed, kept, discarded = 0.0, [], 0
+    for seconds in batch_seconds:
+        if elapsed < warm_s or discarded == 0:
+            discarded += 1
+        else:
+            kept.append(seconds)
+        elapsed += seconds
+        if (elapsed >= min_s and len(kept) >= min_kept) or (elapsed >= max_s and kept):
+            break
+    if not kept:
+        raise PeakError("measured peak: no batch was kept; the device gave no timings")
+    rates = [flop_per_batch / max(t, 1e-12) / 1e12 for t in kept]
+    return MeasuredPeak(statistics.median(rates), min(rates), max(rates), len(kept), discarded, sum(kept), n, reps)
+
+
+def _plan(torch: Any, dev: Any, dtype: Any, batch_s: float) -> tuple[int, int]:
+    """A size and a matmul count per batch that make a batch last about `batch_s`.
+
+    On a CPU a probe at 512 predicts the larger size by n^3 (a CPU fp16 matmul can
+    be 50x slower than fp32, so no fixed size fits every precision); one matmul
+    at the chosen size then sets the count. On a GPU the size is CUDA_SIZE.
+    """
+    if dev.type == "cuda":
+        n = CUDA_SIZE
+    else:
+        probe = max(_time_matmul(torch, dev, dtype, CPU_PROBE, 1), 1e-6)
+        n = CPU_SIZE
+        while n > CPU_MIN_SIZE and probe * (n / CPU_PROBE) ** 3 > batch_s:
+            n //= 2
+    one = max(_time_matmul(torch, dev, dtype, n, 1), 1e-6)
+    return n, max(1, min(200, int(batch_s / one)))
 
 
 def _time_matmul(torch: Any, dev: Any, dtype: Any, n: int, reps: int) -> float:
-    """Seconds for `reps` back-to-back n x n matmuls on `dev`."""
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    c = torch.empty(n, n, device=dev, dtype=dtype)
-    torch.matmul(a, b, out=c)  # warm-up: cuBLAS/oneDNN pick and cache their kernel here
+    """Seconds for `reps` back-to-back n x n matmuls on `dev` (a probe for `_plan`)."""
+    a, b, c = _operands(torch, dev, dtype, n)
     if dev.type == "cuda":
         with torch.cuda.device(dev):  # events record on the current stream of `dev`
             # Sync so the warm-up and the allocations are finished before the start event
@@ -337,14 +687,61 @@ def _time_matmul(torch: Any, dev: Any, dtype: Any, n: int, reps: int) -> float:
             for _ in range(reps):
                 torch.matmul(a, b, out=c)
             end.record()
-            # The one sync of the measurement: elapsed_time needs the end event complete,
-            # and it completes after every matmul queued before it on this stream.
+            # The one sync of the probe: elapsed_time needs the end event complete.
             end.synchronize()
             return start.elapsed_time(end) / 1e3
     t0 = perf_counter_ns()
     for _ in range(reps):
         torch.matmul(a, b, out=c)
     return (perf_counter_ns() - t0) / 1e9
+
+
+def _operands(torch: Any, dev: Any, dtype: Any, n: int) -> tuple[Any, Any, Any]:
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    c = torch.empty(n, n, device=dev, dtype=dtype)
+    torch.matmul(a, b, out=c)  # warm-up: cuBLAS/oneDNN pick and cache their kernel here
+    return a, b, c
+
+
+def _cpu_batches(torch: Any, dev: Any, dtype: Any, n: int, reps: int) -> Iterator[float]:
+    a, b, c = _operands(torch, dev, dtype, n)
+    while True:
+        t0 = perf_counter_ns()
+        for _ in range(reps):
+            torch.matmul(a, b, out=c)
+        yield (perf_counter_ns() - t0) / 1e9
+
+
+def _cuda_batches(torch: Any, dev: Any, dtype: Any, n: int, reps: int) -> Iterator[float]:
+    """Device seconds of each batch, bracketed by CUDA events, one batch always queued
+    ahead of the one being read so the GPU never idles between batches (an idle gap
+    would let the clocks drop and the power average fall)."""
+    a, b, c = _operands(torch, dev, dtype, n)
+    with torch.cuda.device(dev):  # events record on the current stream of `dev`
+        # Sync so the warm-up and the allocations are finished before the first start event.
+        torch.cuda.synchronize(dev)
+
+        def enqueue() -> tuple[Any, Any]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                torch.matmul(a, b, out=c)
+            end.record()
+            return start, end
+
+        pending = enqueue()
+        try:
+            while True:
+                queued = enqueue()  # the next batch goes in before this one is read
+                # The one wait per batch: this batch's end event, with the next batch already
+                # queued behind it; elapsed_time needs the end event complete.
+                pending[1].synchronize()
+                yield pending[0].elapsed_time(pending[1]) / 1e3
+                pending = queued
+        finally:
+            # Leave no batch running when the caller stops reading.
+            torch.cuda.synchronize(dev)
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class NvmlIdentity:
     sm_clock_max_mhz: int | None = None
     mem_clock_max_mhz: int | None = None
     power_limit_w: float | None = None
+    power_limit_default_w: float | None = None  # the board's default limit: what decides its variant
     ecc_enabled: bool | None = None
     ecc_pending: bool | None = None
     mig_enabled: bool | None = None
@@ -37,6 +38,8 @@ class NvmlIdentity:
     cuda_driver_version: str | None = None  # the CUDA version the driver supports, "12.4"
     gpu_variant: str | None = None  # the exact board, e.g. "H100-SXM-80GB" (identity.gpu_variant)
     nvml_unavailable: Mapping[str, str] = field(default_factory=dict)
+    is_mig_instance: bool | None = None  # a MIG slice's handle (nvmlDeviceIsMigDeviceHandle)
+    mig_parent_sm_count: int | None = None  # SMs of the whole board a MIG slice is cut from
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +74,26 @@ DEVICE_ONLY_FIELDS = frozenset({"cpu_model", "host_memory_bytes", "identity"})
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """FLOPs, peaks and MFU of a trial (`utilization.count`, then `utilization.rates`).
-    FLOPs are per training step of the whole batch, a multiply-add counting 2."""
+    """FLOPs, peaks, MFU and HFU of a trial (`utilization.count`, then `utilization.rates`).
+    FLOPs are per training step of the whole batch, a multiply-add counting 2.
+    Model FLOPs = forward + backward (no recomputation): MFU's numerator; hardware
+    FLOPs = model FLOPs + recompute: HFU's (PaLM, https://arxiv.org/abs/2204.02311 , appendix B)."""
 
     flops_forward: int | None = None  # forward and loss
-    flops_backward: int | None = None
+    flops_backward: int | None = None  # the backward proper, activation checkpointing's recompute aside
+    flops_recompute: int | None = None  # forward ops re-run in backward by activation checkpointing
     flops_analytic: int | None = None  # a built-in's closed form, e.g. gpt's (6N + 12·L·d·T) per token
     flops_uncounted: str | None = None  # comma-separated ops the counter had no formula for
     flops_error: str | None = None  # why nothing was counted, when nothing was
-    achieved_tflops: float | None = None  # (forward + backward) / mean measured step
+    achieved_tflops: float | None = None  # model FLOPs / mean measured step
+    achieved_hardware_tflops: float | None = None  # hardware FLOPs / mean measured step
     gpu_variant: str | None = None
     peak_tflops_datasheet: float | None = None  # dense, for gpu_variant and the precision
     peak_tflops_measured: float | None = None  # matmul peak measured on this node
     mfu_datasheet: float | None = None  # achieved / datasheet peak
     mfu_measured: float | None = None  # achieved / measured peak
+    hfu_datasheet: float | None = None  # achieved_hardware / datasheet peak
+    hfu_measured: float | None = None  # achieved_hardware / measured peak
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +103,28 @@ class MemoryUse:
     param_bytes: int | None = None
     grad_bytes: int | None = None
     optimizer_state_bytes: int | None = None  # per-parameter state (Adam's moments, SGD's momentum)
-    activation_bytes: int | None = None  # saved for backward, parameters aside (warmup step 0)
+    activation_bytes: int | None = None  # saved for backward on step 0: parameters, buffers, autocast copies aside
+    autocast_weight_bytes: int | None = None  # autocast's low-precision weight copies saved for backward (step 0)
     alloc_retries: int | None = None  # CUDA caching allocator retries over the trial
     cuda_context_bytes: int | None = None  # right after the CUDA context was created (NVML)
     nvml_used_bytes: int | None = None  # after the measured steps (NVML)
     non_torch_bytes: int | None = None  # nvml_used_bytes - torch's reserved pool, same moment
     nvml_memory_scope: str | None = None  # "process" (this pid) or "device" (whole GPU)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSamples:
+    """The GPU's clocks, power and temperature sampled from NVML while the measured steps
+    ran (`sampler.NvmlSampler`); every field None without NVML or on a CPU."""
+
+    sm_clock_mhz_min: int | None = None  # lowest SM clock seen: a throttled trial shows here
+    sm_clock_mhz_p50: float | None = None  # median SM clock over the samples
+    mem_clock_mhz_p50: float | None = None
+    power_draw_w_p50: float | None = None  # board power draw, median (NVML: 1 s average on Ampere+ but GA100)
+    power_draw_w_max: float | None = None
+    temperature_c_max: int | None = None  # GPU core temperature, the highest seen
+    throttle_reasons: str | None = None  # every clock event reason seen, comma-separated, idle aside; '' for none
+    nvml_samples: int | None = None  # samples taken (one at start, one at stop, one per interval between)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +157,8 @@ class Measured:
     measured_wall_s: float | None = None
     final_loss: float | None = None
     nonfinite: Nonfinite | None = None  # the first step whose loss was NaN or ±Inf (`trials.nonfinite_step`)
+    device_read: int = 0  # steps whose device readings are in (all of them once the loop is done)
     facts: DeviceFacts | None = None
     work: Work = field(default_factory=Work)
     mem: MemoryUse = field(default_factory=MemoryUse)
+    samples: DeviceSamples = field(default_factory=DeviceSamples)

@@ -73,6 +73,7 @@ def trial_row(trial: Trial, sweep_id: str, m: Measured, status: TrialStatus, err
         "nonfinite_step": m.nonfinite.iteration if m.nonfinite is not None else None,
         **dataclasses.asdict(m.work),
         **dataclasses.asdict(m.mem),
+        **dataclasses.asdict(m.samples),
         "stepscope_version": version(),
         "schema_version": SCHEMA_VERSION,
     }
@@ -132,6 +133,7 @@ def device_row(facts: DeviceFacts, *, sweep_id: str, trial_id: str, node_id: str
         "sm_clock_max_mhz": ident.sm_clock_max_mhz,
         "mem_clock_max_mhz": ident.mem_clock_max_mhz,
         "power_limit_w": ident.power_limit_w,
+        "power_limit_default_w": ident.power_limit_default_w,
         "ecc_enabled": ident.ecc_enabled,
         "mig_enabled": ident.mig_enabled,
         "driver_version": facts.driver_version,

@@ -27,6 +27,7 @@ from stepscope.workloads.measure.batch import call_model, to_device
 from stepscope.workloads.measure.losses import LossTrace
 from stepscope.workloads.measure.precision import Precision
 from stepscope.workloads.measure.records import Measured
+from stepscope.workloads.measure.sampler import NvmlSampler
 from stepscope.workloads.measure.timing import make_timer
 from stepscope.workloads.registry import load_builder
 from stepscope.workloads.storage.schema import PHASES, TrialStatus
@@ -115,7 +116,7 @@ def _run(trial: Trial, out: Measured, search_paths: list[str]) -> None:
         torch.cuda.synchronize(device)
         used, scope = memory.nvml_used_bytes(out.facts.device_uuid)
         if used is not None:
-            out.mem = replace(out.mem, cuda_context_bytes=used - torch.cuda.memory_reserved(device))
+            out.mem = replace(out.mem, cuda_context_bytes=_not_negative(used - torch.cuda.memory_reserved(device)))
     t0 = perf_counter_ns()
     model = model.to(device=device, dtype=precision.param_dtype)
     if device.type == "cuda":
@@ -124,23 +125,31 @@ def _run(trial: Trial, out: Measured, search_paths: list[str]) -> None:
     model.train()
 
     params = [q for q in model.parameters() if q.requires_grad]
+    precision.apply(torch)  # again: the builder may have set TF32 flags; the trial's precision wins
     if workload.make_optimizer is not None:
         optimizer = workload.make_optimizer(params)
     else:
-        optimizer = make_optimizer(torch, p["optimizer"], params, p["lr"])
+        optimizer = make_optimizer(torch, p["optimizer"], params, p["lr"], p.get("eps"))
     _loop(torch, trial, workload, model, optimizer, device, precision, out)
     if p["count_flops"]:
         steps = len(out.device_ms) - p["warmup"]
         out.work = utilization.rates(torch, device, p["precision"], out.work, out.measured_wall_s, steps, out.facts)
 
 
-def make_optimizer(torch: Any, name: str, params: list, lr: float) -> Any:
+def make_optimizer(torch: Any, name: str, params: list, lr: float, eps: float | None = None) -> Any:
+    """The optimizer a spec names (`sgd` with momentum 0.9, `adam`, `adamw`) over `params`.
+
+    `eps` (Adam/AdamW; SGD has none): None keeps torch's default, 1e-8. The resolved
+    parameters carry one for pure fp16 (`stepscope.workloads.params.resolve_eps`), where
+    1e-8 rounds to 0. Raises ValueError for an unknown name.
+    """
+    extra = {} if eps is None else {"eps": eps}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, **extra)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, **extra)
     raise ValueError(f"optimizer: unknown {name!r}")
 
 
@@ -151,21 +160,26 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: Meas
     timer = make_timer(device.type, N_PHASES, torch, between=peaks.mark)  # peaks: off the device's clock
     make_batch, loss_fn, autocast, scaler = workload.make_batch, workload.loss_fn, precision.autocast, precision.scaler
     cast = precision.param_dtype if precision.param_dtype != torch.float32 else None
-    # Activations are counted on the first warmup step only: the hooks cost time.
-    saved = memory.SavedTensors(model) if warmup else None
+    # What autograd saves is counted on the first step, warmup or not (so the figure never
+    # depends on `warmup`): the hooks cost a few microseconds per saved tensor, in that step only.
+    saved = memory.SavedTensors(model)
     out.mem = replace(out.mem, param_bytes=memory.param_bytes(model))
     losses = LossTrace(torch, device, total)
+    # Clocks, power, temperature and throttle reasons while the measured steps run (a daemon
+    # thread, a few NVML calls every 100 ms; a no-op on a CPU or without NVML).
+    sampler = NvmlSampler(out.facts.device_uuid if device.type == "cuda" else None)
     loss = None
     measure_start = 0
     try:
         for step in range(total):
             if step == warmup:
+                sampler.start()  # before the clock starts: opening NVML is no step's cost
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # the measured wall clock starts on an idle device
                 measure_start = perf_counter_ns()
             hooks = (
                 torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack)
-                if step == 0 and saved is not None
+                if step == 0
                 else contextlib.nullcontext()
             )
             timer.mark(0)
@@ -196,31 +210,69 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: Meas
             # it, and on a GPU it is one queued copy, read once after the loop (no sync here).
             losses.record(step, loss)
             del inputs, targets, outputs
-            device_ms, gaps, host_ns = timer.read()  # on a GPU: the step's one synchronisation
-            out.device_ms.append(device_ms)
-            out.gaps_ms.append(gaps)
-            out.host_ns.append(host_ns)
-            out.phase_peaks.append(peaks.read())
+            # The host's readings now; on a GPU the device's for the steps whose events have
+            # completed, without waiting for them (the host runs ahead, as a plain loop does).
+            host_ns, done = timer.end_step()
+            _keep_step(out, host_ns, peaks.read(), done)
+        if device.type == "cuda":
+            # The measured wall clock ends when the device has finished the last step.
+            torch.cuda.synchronize(device)
+        out.measured_wall_s = (perf_counter_ns() - measure_start) / 1e9
+        _keep_device_times(out, timer.drain())  # complete by now: no wait
     except BaseException:
+        # Keep the steps whose device times can still be read; a device in an error state
+        # may not answer: then only the steps already read are kept.
+        with contextlib.suppress(Exception):
+            _keep_device_times(out, timer.drain())
+        _drop_unread(out, timer.device_timed)
         # A NaN loss in the steps that completed is often why a later one failed; the
-        # failure stays the status. A device in an error state may not answer: then nothing.
+        # failure stays the status.
         with contextlib.suppress(Exception):
             out.nonfinite = losses.first_nonfinite(len(out.device_ms))
         raise
     finally:
         peaks.close()
-    out.measured_wall_s = (perf_counter_ns() - measure_start) / 1e9
+        out.samples = sampler.stop()
     out.nonfinite = losses.first_nonfinite(len(out.device_ms))  # the trace's one sync, after the clock stopped
     out.mem = replace(out.mem, optimizer_state_bytes=memory.optimizer_state_bytes(optimizer),
-                      activation_bytes=saved.total if saved is not None else None)
+                      activation_bytes=saved.total, autocast_weight_bytes=saved.autocast_weight_total)
     if device.type == "cuda":
         out.mem = replace(out.mem, alloc_retries=int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0)))
         used, scope = memory.nvml_used_bytes(out.facts.device_uuid)
         if used is not None:
-            out.mem = replace(out.mem, nvml_used_bytes=used, non_torch_bytes=used - torch.cuda.memory_reserved(device),
-                              nvml_memory_scope=scope)
+            out.mem = replace(out.mem, nvml_used_bytes=used, non_torch_bytes=_not_negative(
+                used - torch.cuda.memory_reserved(device)), nvml_memory_scope=scope)
     if loss is not None:
         out.final_loss = float(loss.float().item())
+
+
+def _keep_step(out: Measured, host_ns: tuple[int, ...], phase_peaks: tuple, done: list) -> None:
+    """Append a step's host readings; fill in the device readings that became available."""
+    out.host_ns.append(host_ns)
+    out.phase_peaks.append(phase_peaks)
+    out.device_ms.append(None)  # on a GPU, filled in once its events have completed
+    out.gaps_ms.append(None)
+    _keep_device_times(out, done)
+
+
+def _keep_device_times(out: Measured, done: list) -> None:
+    for step, device_ms, gaps in done:
+        out.device_ms[step], out.gaps_ms[step] = device_ms, gaps
+        out.device_read = step + 1
+
+
+def _drop_unread(out: Measured, device_timed: bool) -> None:
+    """After a failure on a GPU: keep only the steps whose device times were read (a step
+    without them has no device time to store; host time is no stand-in for it)."""
+    if device_timed:
+        n = out.device_read
+        del out.device_ms[n:], out.gaps_ms[n:], out.host_ns[n:], out.phase_peaks[n:]
+
+
+def _not_negative(value: int) -> int | None:
+    """A difference of two readings taken apart (NVML's and torch's) that came out below
+    zero is no measurement of anything: None."""
+    return value if value >= 0 else None
 
 
 def _is_oom(exc: BaseException) -> bool:

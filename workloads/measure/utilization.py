@@ -1,8 +1,19 @@
-"""FLOPs, peaks and MFU of a trial: the runner's glue to `flops`, `peaks` and `identity`.
+"""FLOPs, peaks, MFU and HFU of a trial: the runner's glue to `flops`, `peaks` and `identity`.
 
 Everything here runs outside the timed loop: counting before it, rates after it.
 A failure here never fails the trial; it leaves the columns null and says why
 in `flops_error`.
+
+The conventions are PaLM's (Chowdhery et al. 2022, appendix B,
+https://arxiv.org/abs/2204.02311), which nanoGPT's `estimate_mfu` follows
+(https://github.com/karpathy/nanoGPT/blob/master/model.py):
+
+- MFU = model FLOPs per step (forward + backward, no recomputation) / step time / peak;
+- HFU = hardware FLOPs per step (model FLOPs + the forward that activation
+  checkpointing recomputes) / step time / peak.
+
+Without checkpointing the two are equal; with it, HFU > MFU, and only MFU
+compares fairly across implementations of the same model.
 """
 
 from __future__ import annotations
@@ -25,7 +36,8 @@ def cache_dir() -> str:
 
 
 def count(builder: Callable, params: Mapping[str, Any]) -> Work:
-    """FLOPs of one training step (`flops.count_step_flops`), and a built-in's analytic count."""
+    """FLOPs of one training step (`flops.count_step_flops`): forward, backward proper and
+    recompute, each per step of the whole batch; and a built-in's analytic count."""
     from stepscope.workloads.measure.flops import count_step_flops
     from stepscope.workloads.registry import BUILTINS
 
@@ -38,6 +50,7 @@ def count(builder: Callable, params: Mapping[str, Any]) -> Work:
     return Work(
         flops_forward=fc.forward,
         flops_backward=fc.backward,
+        flops_recompute=fc.recompute,
         flops_analytic=analytic,
         flops_uncounted=",".join(fc.uncounted) or None,
     )
@@ -45,31 +58,51 @@ def count(builder: Callable, params: Mapping[str, Any]) -> Work:
 
 def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | None,
           steps: int, facts: DeviceFacts) -> Work:
-    """`work` with the achieved TFLOP/s over the measured steps (`wall_s` seconds for
-    `steps` steps) and MFU against both peaks filled in."""
+    """`work` with its rates over the measured steps (`wall_s` seconds for `steps` steps)
+    filled in: achieved model and hardware TFLOP/s (10^12 FLOP/s), and MFU and HFU
+    (fractions) against both peaks, the datasheet's (CUDA only) and the measured one.
+    A rate is None where its FLOPs, the time or its peak is missing."""
     from stepscope.workloads.measure import peaks
 
-    variant = sheet = measured = achieved = None
+    variant = sheet = measured = None
     if device.type == "cuda":
-        variant = _variant(facts)
-        peak = peaks.datasheet_peak(variant, precision) if variant else None
-        sheet = peak.tflops if peak else None
+        # The exact variant's dense figure, scaled to the slice on a MIG instance.
+        try:
+            dp = peaks.device_datasheet_peak(facts, precision)
+        except peaks.PeakError:
+            dp = None
+        variant = dp.variant if dp is not None else _variant(facts)
+        sheet = dp.tflops if dp is not None else None
     try:
         measured = peaks.measured_matmul_peak(device, precision, cache_dir(), torch_module=torch)
     except Exception:  # e.g. a precision this device cannot multiply in
         measured = None
-    flops = (work.flops_forward or 0) + (work.flops_backward or 0)
-    if flops and wall_s and steps > 0:
-        achieved = flops / (wall_s / steps) / 1e12
+    model = (work.flops_forward or 0) + (work.flops_backward or 0)
+    achieved = _tflops(model, wall_s, steps)
+    hardware = _tflops(model + (work.flops_recompute or 0), wall_s, steps)
     return dataclasses.replace(
         work,
         gpu_variant=variant,
         peak_tflops_datasheet=sheet,
         peak_tflops_measured=measured,
         achieved_tflops=achieved,
-        mfu_datasheet=achieved / sheet if achieved is not None and sheet else None,
-        mfu_measured=achieved / measured if achieved is not None and measured else None,
+        achieved_hardware_tflops=hardware,
+        mfu_datasheet=_share(achieved, sheet),
+        mfu_measured=_share(achieved, measured),
+        hfu_datasheet=_share(hardware, sheet),
+        hfu_measured=_share(hardware, measured),
     )
+
+
+def _tflops(flops_per_step: int, wall_s: float | None, steps: int) -> float | None:
+    """FLOPs per step over the mean step time, in TFLOP/s; None without FLOPs or time."""
+    if not flops_per_step or not wall_s or steps <= 0:
+        return None
+    return flops_per_step / (wall_s / steps) / 1e12
+
+
+def _share(achieved: float | None, peak: float | None) -> float | None:
+    return achieved / peak if achieved is not None and peak else None
 
 
 def _variant(facts: DeviceFacts) -> str | None:
@@ -81,7 +114,9 @@ def _variant(facts: DeviceFacts) -> str | None:
     if not facts.device_name:
         return None
     power = ident.power_limit_w if ident is not None else None
+    default = ident.power_limit_default_w if ident is not None else None
     try:
-        return gpu_variant(facts.device_name, facts.device_memory_bytes, power).label
+        return gpu_variant(facts.device_name, facts.device_memory_bytes, power,
+                           power_limit_default_w=default).label
     except Exception:  # an unknown board: no datasheet row, the measured peak still applies
         return None

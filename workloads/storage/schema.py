@@ -131,28 +131,44 @@ TRIALS = pa.schema(
         # First iteration (as steps.iteration, warmup included) whose loss was NaN or ±Inf; null if none was.
         pa.field("nonfinite_step", pa.int32()),
         # Work and utilisation, counted in a separate untimed pass (stepscope.workloads.measure.flops).
+        # Model FLOPs = forward + backward (MFU), hardware FLOPs = model + recompute (HFU): PaLM appendix B.
         pa.field("flops_forward", pa.int64()),  # forward + loss, one step, whole batch
-        pa.field("flops_backward", pa.int64()),
+        pa.field("flops_backward", pa.int64()),  # backward proper, without recomputation
+        pa.field("flops_recompute", pa.int64()),  # forward re-run in backward (activation checkpointing)
         pa.field("flops_analytic", pa.int64()),  # gpt: (6N + 12·L·d·T) per token
         pa.field("flops_uncounted", pa.string()),  # operators the counter had no formula for
         pa.field("flops_error", pa.string()),  # why nothing was counted, when nothing was
-        pa.field("achieved_tflops", pa.float64()),  # (forward + backward) / mean measured step
+        pa.field("achieved_tflops", pa.float64()),  # model FLOPs / mean measured step
+        pa.field("achieved_hardware_tflops", pa.float64()),  # hardware FLOPs / mean measured step
         pa.field("gpu_variant", pa.string()),  # exact board, e.g. H100-SXM-80GB (stepscope.workloads.measure.identity)
         pa.field("peak_tflops_datasheet", pa.float64()),  # dense, for gpu_variant and precision
         pa.field("peak_tflops_measured", pa.float64()),  # matmul peak measured on this node
-        pa.field("mfu_datasheet", pa.float64()),
-        pa.field("mfu_measured", pa.float64()),
+        pa.field("mfu_datasheet", pa.float64()),  # achieved_tflops / peak_tflops_datasheet
+        pa.field("mfu_measured", pa.float64()),  # achieved_tflops / peak_tflops_measured
+        pa.field("hfu_datasheet", pa.float64()),  # achieved_hardware_tflops / peak_tflops_datasheet
+        pa.field("hfu_measured", pa.float64()),  # achieved_hardware_tflops / peak_tflops_measured
         # Memory, measured from the tensors (stepscope.workloads.measure.memory).
         pa.field("param_bytes", pa.int64()),
         pa.field("grad_bytes", pa.int64()),
         pa.field("optimizer_state_bytes", pa.int64()),  # per-parameter state; scalar counters aside
-        pa.field("activation_bytes", pa.int64()),  # saved for backward, parameters aside (warmup step 0)
+        pa.field("activation_bytes", pa.int64()),  # saved for backward, step 0; parameters, buffers, autocast weight copies aside
+        pa.field("autocast_weight_bytes", pa.int64()),  # low-precision weight copies autocast saved for backward, step 0
         pa.field("alloc_retries", pa.int64()),  # CUDA caching allocator retries over the trial
         # GPU memory that torch's allocator does not see, from NVML (null on a CPU or without NVML).
         pa.field("cuda_context_bytes", pa.int64()),  # right after the CUDA context was created
         pa.field("nvml_used_bytes", pa.int64()),  # after the measured steps
         pa.field("non_torch_bytes", pa.int64()),  # nvml_used_bytes - torch's reserved, same moment
         pa.field("nvml_memory_scope", pa.string()),  # 'process' (this pid) or 'device' (whole GPU)
+        # The GPU while the measured steps ran, sampled from NVML (stepscope.workloads.measure.sampler);
+        # null on a CPU or without NVML. Clocks at the trial's start are in `devices`: idle clocks.
+        pa.field("sm_clock_mhz_min", pa.int32()),  # lowest SM clock seen: a throttled trial shows here
+        pa.field("sm_clock_mhz_p50", pa.float64()),  # median SM clock
+        pa.field("mem_clock_mhz_p50", pa.float64()),  # median memory clock
+        pa.field("power_draw_w_p50", pa.float64()),  # median board power draw, watts
+        pa.field("power_draw_w_max", pa.float64()),
+        pa.field("temperature_c_max", pa.int32()),  # highest GPU temperature, Celsius
+        pa.field("throttle_reasons", pa.string()),  # clock event reasons seen, comma-separated, idle aside; '' for none
+        pa.field("nvml_samples", pa.int32()),  # how many samples the figures above are made of
         pa.field("stepscope_version", pa.string(), nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
     ]
@@ -195,6 +211,7 @@ DEVICES = pa.schema(
         pa.field("sm_clock_max_mhz", pa.int32()),
         pa.field("mem_clock_max_mhz", pa.int32()),
         pa.field("power_limit_w", pa.float64()),
+        pa.field("power_limit_default_w", pa.float64()),  # the board's default limit: what decides gpu_variant
         pa.field("ecc_enabled", pa.bool_()),
         pa.field("mig_enabled", pa.bool_()),
         pa.field("driver_version", pa.string()),
