@@ -1,9 +1,11 @@
 -- Where a step's memory goes: parameters, gradients, optimizer state, activations, per-phase peaks and what torch does not see, per configuration.
 --
--- The first four columns are measured from the tensors themselves: parameter
--- and gradient bytes, the optimizer's per-parameter state, and what autograd
--- saved for backward (activations; parameters autograd saved are not counted
--- twice). Peaks come from every measured step: on CUDA the caching allocator's
+-- The first five columns are measured from the tensors themselves: parameter
+-- and gradient bytes, the optimizer's per-parameter state, what autograd saved
+-- for backward (activations; the parameters and buffers it saved are the model's
+-- state, not counted again), and the bf16/fp16 copies of weights that amp_*
+-- casts and autograd saves (autocast_weight_mib: real memory, not activations;
+-- null for trials stored before schema_version 2, whose activation_mib holds it). Peaks come from every measured step: on CUDA the caching allocator's
 -- peak allocated and reserved bytes (reset at each phase), on a CPU the
 -- process's peak resident memory; peak_phase is the phase that reached the
 -- highest (allocated on CUDA, resident on a CPU). cuda_context_mib and non_torch_mib are NVML's view of what
@@ -16,7 +18,7 @@
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
---   trials, param_mib, grad_mib, optimizer_state_mib, activation_mib, peak_allocated_mib,
+--   trials, param_mib, grad_mib, optimizer_state_mib, activation_mib, autocast_weight_mib, peak_allocated_mib,
 --   peak_reserved_mib, peak_phase, peak_rss_mib, cuda_context_mib, non_torch_mib,
 --   nvml_memory_scope, device_memory_mib, used_pct, alloc_retries
 
@@ -66,6 +68,7 @@ per_config as (
         median(grad_bytes) as grad_bytes,
         median(optimizer_state_bytes) as optimizer_state_bytes,
         median(activation_bytes) as activation_bytes,
+        median(autocast_weight_bytes) as autocast_weight_bytes,
         max(peak_allocated_bytes) as peak_allocated_bytes,
         max(peak_reserved_bytes) as peak_reserved_bytes,
         arg_max(peak_phase, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase,
@@ -88,6 +91,7 @@ final as (
         round(grad_bytes / 2 ^ 20, 2) as grad_mib,
         round(optimizer_state_bytes / 2 ^ 20, 2) as optimizer_state_mib,
         round(activation_bytes / 2 ^ 20, 2) as activation_mib,
+        round(autocast_weight_bytes / 2 ^ 20, 2) as autocast_weight_mib,
         round(peak_allocated_bytes / 2 ^ 20, 1) as peak_allocated_mib,
         round(peak_reserved_bytes / 2 ^ 20, 1) as peak_reserved_mib,
         peak_phase,

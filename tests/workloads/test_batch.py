@@ -7,6 +7,7 @@ import dataclasses
 import sys
 import types
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -113,3 +114,69 @@ def test_a_transformers_model_trains_on_every_kind_of_batch(kind, precision):
     assert row["final_loss"] > 0 and row["flops_error"] is None
     # The FLOP count fed the model the same batch the same way (one mover, one caller).
     assert row["flops_forward"] == bert_forward_flops(4)
+
+
+@dataclasses.dataclass
+class Derived:
+    """A dataclass whose __init__ is not a plain store: __post_init__ derives a field, an
+    init=False field is set afterwards, an InitVar is consumed."""
+
+    x: torch.Tensor
+    scale: dataclasses.InitVar[float]
+    lengths: torch.Tensor = dataclasses.field(init=False)
+
+    def __post_init__(self, scale):
+        self.x = self.x * scale
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    x: torch.Tensor
+
+
+def test_a_dataclass_is_moved_as_made_never_built_again():
+    d = Derived(torch.ones(3), scale=2.0)
+    d.lengths = torch.tensor([3])
+    moved = to_device(d, META, torch.float16)
+    assert type(moved) is Derived and moved is not d
+    assert moved.x.device == META and moved.x.dtype == torch.float16
+    assert moved.lengths.device == META and moved.lengths.dtype == torch.long
+    # __post_init__ did not run again: on the CPU the moved value is the one made (2, not 4).
+    assert torch.equal(to_device(d, torch.device("cpu")).x, torch.full((3,), 2.0))
+    frozen = to_device(Frozen(torch.ones(2)), META)
+    assert type(frozen) is Frozen and frozen.x.device == META
+
+
+class SharedStore(MutableMapping):
+    """A mapping whose copies share one store, as some caching batch classes do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __copy__(self):
+        return SharedStore(self.data)
+
+    def __getitem__(self, k):
+        return self.data[k]
+
+    def __setitem__(self, k, v):
+        self.data[k] = v
+
+    def __delitem__(self, k):
+        del self.data[k]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+def test_the_user_s_own_batch_is_never_moved_in_place():
+    """A workload that hands out the same batch every step must see it unmoved every
+    step, or `to_device` would measure nothing from the second step on."""
+    original = torch.ones(2, 2)
+    batch = SharedStore({"x": original})
+    moved = to_device(batch, META, torch.bfloat16)
+    assert batch["x"] is original and moved["x"].device == META and moved["x"].dtype == torch.bfloat16
+    assert type(moved) is SharedStore

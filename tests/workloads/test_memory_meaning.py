@@ -58,6 +58,19 @@ def test_autocast_weight_copies_are_counted_apart_from_activations():
     assert row["activation_bytes"] == B * IN * 2 + B * H * 2 + 2 * H * 4 + B * H * 2 + 2 * B * OUT * 4
 
 
+def test_a_frozen_weight_s_autocast_copy_is_a_weight_copy_too():
+    """frozen_base: z = pre(x); relu(base(z) + up(down(z))) -> head, base frozen, rank 4,
+    amp_bf16. A frozen weight's bf16 copy has no autograd history, but is saved for z's
+    gradient all the same. By hand, bf16 (2 bytes) unless said:
+    - weight copies: base's (H*IN, the frozen one), down's (4*IN), up's (H*4), head's (OUT*H);
+      pre's is not saved (x needs no grad);
+    - activations: x cast for pre (B*IN), z for down's weight grad (B*IN), down's output
+      for up's (B*4), relu's output (B*H), the loss's fp32 output and target (2*B*OUT*4)."""
+    row = run("frozen_base", precision="amp_bf16")
+    assert row["autocast_weight_bytes"] == 2 * (H * IN + 4 * IN + H * 4 + OUT * H)
+    assert row["activation_bytes"] == 2 * (B * IN + B * IN + B * 4 + B * H) + 2 * B * OUT * 4
+
+
 def test_activation_bytes_do_not_depend_on_warmup():
     figures = {w: run("bn_mlp", warmup=w)["activation_bytes"] for w in (0, 1, 3)}
     assert len(set(figures.values())) == 1 and figures[0] > 0

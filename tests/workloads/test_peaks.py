@@ -466,6 +466,16 @@ class SimEvent:
         return end.at - self.at
 
 
+
+class _FakeTensor(tuple):
+    """("tensor", shape), with the transpose the peak takes of its second operand."""
+
+    def __new__(cls, shape):
+        return super().__new__(cls, ("tensor", shape))
+
+    def t(self):
+        return _FakeTensor(tuple(reversed(self[1])))
+
 class CudaTorch:
     """torch, with a simulated CUDA device under it: tensors are placeholders, a matmul
     is a launch on the SimDevice; everything else is the real torch."""
@@ -485,7 +495,7 @@ class CudaTorch:
         return getattr(torch, name)
 
     def randn(self, *shape, device=None, dtype=None):
-        return ("tensor", shape)
+        return _FakeTensor(shape)
 
     empty = randn
 

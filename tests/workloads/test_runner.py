@@ -406,3 +406,11 @@ def test_a_failure_keeps_only_steps_whose_device_times_were_read(tmp_path, laggi
     iterations = sorted({s["iteration"] for s in read(tmp_path, "steps")})
     assert iterations == list(range(6))
     assert all(s["duration_ms"] == 1.0 for s in read(tmp_path, "steps"))
+
+
+def test_a_negative_difference_of_two_readings_is_stored_as_null():
+    """cuda_context_bytes and non_torch_bytes are NVML's figure minus torch's, read apart:
+    a difference below zero (NVML's figure missing this process's memory) is no size."""
+    from stepscope.workloads.measure.runner import _not_negative
+
+    assert _not_negative(-1) is None and _not_negative(0) == 0 and _not_negative(5) == 5

@@ -54,8 +54,8 @@ def expected(nvml: FakeNVML, count: int) -> DeviceSamples:
     seen = 0
     for r in nvml.returned["reasons"]:
         seen |= r
-    names = [name for bit, name in ((0x1, "SwPowerCap"), (0x2, "ApplicationsClocksSetting"),
-                                    (0x4, "SwThermalSlowdown"), (0x8, "HwSlowdown")) if seen & bit]
+    names = [name for bit, name in ((0x1, "sw_power_cap"), (0x2, "applications_clocks_setting"),
+                                    (0x4, "sw_thermal_slowdown"), (0x8, "hw_slowdown")) if seen & bit]
     return DeviceSamples(
         sm_clock_mhz_min=lowest, sm_clock_mhz_p50=float(median(sm)), mem_clock_mhz_p50=float(median(mem)),
         power_draw_w_p50=median(power) / 1000, power_draw_w_max=sorted(power)[-1] / 1000,
@@ -71,7 +71,7 @@ def test_a_sample_at_start_and_at_stop_and_each_one_between():
     sampler.sample()
     got = sampler.stop()
     assert got == expected(nvml, 4)
-    assert got.sm_clock_mhz_min == 1410 and got.throttle_reasons == "SwPowerCap,HwSlowdown"  # idle left out
+    assert got.sm_clock_mhz_min == 1410 and got.throttle_reasons == "sw_power_cap,hw_slowdown"  # idle left out
     assert nvml.initialised == 0
     assert sampler.stop() is got  # the same summary again
 
@@ -139,6 +139,23 @@ def test_unsupported_readings_are_none_and_not_asked_again():
     assert [fn for fn, _ in nvml.calls].count("nvmlDeviceGetPowerUsage") == 1
 
 
+def test_an_idle_sample_s_clocks_and_power_are_left_out():
+    """Samples NVML flags GpuIdle (before the first kernel arrived, after the last one)
+    hold idle clocks and power, which would read as a throttle: only their temperature
+    is kept."""
+    idle = F.nvmlClocksEventReasonGpuIdle
+    nvml = FakeNVML(gpus(reasons=[idle, 0, idle, 0, idle]))
+    sampler = NvmlSampler(H100, interval_s=60, nvml=nvml).start()  # a sample at start...
+    sampler.sample()
+    sampler.sample()
+    sampler.sample()
+    got = sampler.stop()  # ...and one at stop: 5
+    called = [fn for fn, _ in nvml.calls]
+    assert called.count("nvmlDeviceGetTemperature") == 5
+    assert called.count("nvmlDeviceGetPowerUsage") == 2
+    assert len(sampler.sm_mhz) == len(sampler.mem_mhz) == 2 and got.nvml_samples == 5
+
+
 def test_no_reason_seen_is_an_empty_list_not_null():
     nvml = FakeNVML(gpus(reasons=[0, F.nvmlClocksEventReasonGpuIdle]))
     assert NvmlSampler(H100, interval_s=60, nvml=nvml).start().stop().throttle_reasons == ""
@@ -179,13 +196,13 @@ def test_reason_names_come_from_pynvmls_constants():
     assert names[pynvml.nvmlClocksEventReasonApplicationsClocksSetting] == "ApplicationsClocksSetting"  # not the alias
     assert names[pynvml.nvmlClocksThrottleReasonBoardLimit] == "BoardLimit"  # only under the older prefix
     mask = pynvml.nvmlClocksEventReasonGpuIdle | pynvml.nvmlClocksEventReasonHwThermalSlowdown | 1 << 40
-    assert describe_reasons(mask, names) == f"HwThermalSlowdown,{hex(1 << 40)}"
+    assert describe_reasons(mask, names) == f"hw_thermal_slowdown,{hex(1 << 40)}"
 
 
 def test_samples_become_trials_columns():
     samples = DeviceSamples(sm_clock_mhz_min=1410, sm_clock_mhz_p50=1980.0, mem_clock_mhz_p50=2619.0,
                             power_draw_w_p50=690.0, power_draw_w_max=701.5, temperature_c_max=71,
-                            throttle_reasons="SwPowerCap", nvml_samples=4)
+                            throttle_reasons="sw_power_cap", nvml_samples=4)
     trial = Trial(index=0, trial_id="t", repeat=0, gpu=None, params=resolve_params({"workload": "mlp"}))
     row = rows.trial_row(trial, "s", Measured(samples=samples), TrialStatus.OK, None, rows.now(), None, 1)
     got = check_rows("trials", [row]).to_pylist()[0]

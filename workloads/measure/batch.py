@@ -63,9 +63,19 @@ def to_device(x: Any, device: Any, cast: Any = None) -> Any:
     if isinstance(x, (tuple, list)):
         return _sequence(x, [to_device(v, device, cast) for v in x])
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        moved = {f.name: to_device(getattr(x, f.name), device, cast) for f in dataclasses.fields(x) if f.init}
-        return dataclasses.replace(x, **moved)
+        return _dataclass(x, device, cast)
     return x
+
+
+def _dataclass(x: Any, device: Any, cast: Any) -> Any:
+    # A shallow copy with each field replaced: `dataclasses.replace` would run __init__ and
+    # __post_init__ again (a field derived there derived twice, an init=False field reset,
+    # an InitVar asked for), and the batch the model sees would not be the one made.
+    out = copy.copy(x)
+    for f in dataclasses.fields(x):
+        if hasattr(x, f.name):
+            object.__setattr__(out, f.name, to_device(getattr(x, f.name), device, cast))  # frozen ones too
+    return out
 
 
 def _own_to(x: Any, device: Any, cast: Any) -> Any:
@@ -84,14 +94,21 @@ def _mapping(x: Mapping, moved: dict) -> Any:
         return moved
     if isinstance(x, MutableMapping):
         # A shallow copy keeps the type and its other attributes (a BatchEncoding's
-        # encodings); only the values are replaced.
+        # encodings); only the values are replaced. A copy that shares its storage with
+        # the original (a mapping whose __copy__ is shallower still) would move the
+        # user's own batch in place: then the original is put back as it was.
+        before = {k: x[k] for k in moved}
         try:
             out = copy.copy(x)
             for k, v in moved.items():
                 out[k] = v
-            return out
-        except Exception:  # a mapping that cannot be copied: a dict of the same items
-            return moved
+            if out is not x and all(x[k] is before[k] for k in moved):
+                return out
+        except Exception:  # a mapping that cannot be copied: rebuilt below
+            pass
+        for k, v in before.items():
+            if x[k] is not v:
+                x[k] = v
     try:
         return type(x)(moved)
     except Exception:

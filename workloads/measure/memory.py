@@ -61,44 +61,87 @@ def optimizer_state_bytes(optimizer: Any) -> int:
 
 class SavedTensors:
     """A `torch.autograd.graph.saved_tensors_hooks` pair that adds up what autograd saves,
-    by storage: activations (`total`) and parameters cast to another dtype
-    (`autocast_weight_total`); parameters and buffers themselves are not counted."""
+    by storage: activations (`total`) and copies of parameters and buffers cast to another
+    dtype (`autocast_weight_total`); parameters and buffers themselves are not counted.
+
+    A cast copy is told apart two ways. Of a parameter that needs a gradient, autograd's
+    node for the copy is ToCopyBackward0 over the parameter's AccumulateGrad. Of a frozen
+    parameter or a buffer (LoRA's base weights under autocast) there is no node: a saved
+    tensor with no history, of a model tensor's shape and another dtype, whose first
+    `SAMPLE` elements equal that tensor's, cast, is its copy. That comparison is queued on
+    the device (no synchronisation in the step) and read after the loop, by `total`.
+    """
+
+    SAMPLE = 16  # elements compared: a batch equal to a weight on all of them is no batch
 
     def __init__(self, model: Any) -> None:
-        self.model_storages = {t.untyped_storage().data_ptr() for t in model.parameters()}
-        self.model_storages |= {t.untyped_storage().data_ptr() for t in model.buffers()}
+        tensors = [*model.parameters(), *model.buffers()]
+        self.model_storages = {t.untyped_storage().data_ptr() for t in tensors}
         self._params = {id(p) for p in model.parameters()}
+        self._by_shape: dict[tuple, list] = {}
+        for t in tensors:
+            if t.is_floating_point():
+                self._by_shape.setdefault(tuple(t.shape), []).append(t)
         self.storages: dict[int, int] = {}
         self.weight_copies: dict[int, int] = {}
+        self._maybe: dict[int, tuple[int, Any]] = {}  # ptr -> (bytes, a device bool: a copy?)
 
     def pack(self, t: Any) -> Any:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in self.model_storages and ptr not in self.storages and ptr not in self.weight_copies:
-            (self.weight_copies if self._is_weight_copy(t) else self.storages)[ptr] = storage.nbytes()
+        if ptr in self.model_storages or ptr in self.storages or ptr in self.weight_copies or ptr in self._maybe:
+            return t
+        base = t._base if t._base is not None else t
+        if self._is_weight_copy(base):
+            self.weight_copies[ptr] = storage.nbytes()
+        else:
+            match = self._copy_of_a_frozen_tensor(base)
+            if match is None:
+                self.storages[ptr] = storage.nbytes()
+            else:
+                self._maybe[ptr] = (storage.nbytes(), match)
         return t
 
-    def _is_weight_copy(self, t: Any) -> bool:
-        """`t` (or the tensor it views, e.g. a transposed weight) was made by a dtype cast
-        of a parameter: autograd's node for it is ToCopyBackward0 over the parameter's
-        AccumulateGrad. (A frozen parameter's cast has no node: it counts as activation.)"""
-        base = t._base if t._base is not None else t
+    def _is_weight_copy(self, base: Any) -> bool:
         fn = base.grad_fn
         if fn is None or fn.name() != "ToCopyBackward0" or not fn.next_functions:
             return False
         source = fn.next_functions[0][0]
         return id(getattr(source, "variable", None)) in self._params
 
+    def _copy_of_a_frozen_tensor(self, base: Any) -> Any:
+        """A 0-d device bool, true when `base` is a cast copy of a model tensor; None when
+        it cannot be one (it has history, or no model tensor has its shape in another dtype)."""
+        if base.grad_fn is not None or base.requires_grad or not base.is_floating_point():
+            return None
+        same = [m for m in self._by_shape.get(tuple(base.shape), ()) if m.dtype != base.dtype]
+        if not same:
+            return None
+        import torch
+
+        with torch.no_grad():
+            mine = base.reshape(-1)[: self.SAMPLE]
+            hits = [(mine == m.reshape(-1)[: self.SAMPLE].to(base.dtype)).all() for m in same]
+            return torch.stack(hits).any() if len(hits) > 1 else hits[0]
+
     @staticmethod
     def unpack(t: Any) -> Any:
         return t
 
+    def _resolve(self) -> None:
+        # After the loop: reading the comparisons is the one synchronisation they need.
+        for ptr, (nbytes, match) in self._maybe.items():
+            (self.weight_copies if bool(match) else self.storages)[ptr] = nbytes
+        self._maybe.clear()
+
     @property
     def total(self) -> int:
+        self._resolve()
         return sum(self.storages.values())
 
     @property
     def autocast_weight_total(self) -> int:
+        self._resolve()
         return sum(self.weight_copies.values())
 
 

@@ -698,7 +698,10 @@ def _time_matmul(torch: Any, dev: Any, dtype: Any, n: int, reps: int) -> float:
 
 def _operands(torch: Any, dev: Any, dtype: Any, n: int) -> tuple[Any, Any, Any]:
     a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
+    # The second operand transposed: nn.Linear's layout (x @ W.T), which training runs. On a
+    # CPU in fp16, torch 2.13's matmul of two row-major operands takes a path ~13x slower,
+    # so a peak timed that way sits below the steps' own rate (MFU above 1).
+    b = torch.randn(n, n, device=dev, dtype=dtype).t()
     c = torch.empty(n, n, device=dev, dtype=dtype)
     torch.matmul(a, b, out=c)  # warm-up: cuBLAS/oneDNN pick and cache their kernel here
     return a, b, c

@@ -19,6 +19,7 @@ Torch-free. NVML reference: https://docs.nvidia.com/deploy/nvml-api/group__nvmlD
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 from collections.abc import Callable
@@ -170,27 +171,36 @@ class NvmlSampler:
 
     def sample(self) -> bool:
         """Read every metric once; True if any was read. A metric whose call fails is
-        not asked again (an unsupported query fails every time)."""
-        read = False
+        not asked again (an unsupported query fails every time). The reasons are read
+        first: in a sample where NVML says the GPU was idle (before the first kernel of
+        the measured steps reached it, or after the last), its clocks and power are idle
+        figures, not the steps', and are left out; the temperature is kept."""
+        read = idle = False
+        while self._reason_fns:
+            try:
+                mask = int(getattr(self._nvml, self._reason_fns[0])(self._board))
+                idle = bool(mask & self._idle_bit)
+                self.reasons |= mask
+                self.reasons_read += 1
+                read = True
+                break
+            except Exception:  # a driver without the newer call: try the older name once
+                self._reason_fns.pop(0)
         for key, out in (("sm", self.sm_mhz), ("mem", self.mem_mhz), ("power", self.power_mw), ("temp", self.temp_c)):
             probe = self._probes.get(key)
-            if probe is None:
+            if probe is None or (idle and key != "temp"):
                 continue
             try:
                 out.append(int(probe()))
                 read = True
             except Exception:  # NotSupported on this board, NoPermission in a container
                 self._probes[key] = None
-        while self._reason_fns:
-            try:
-                self.reasons |= int(getattr(self._nvml, self._reason_fns[0])(self._board))
-                self.reasons_read += 1
-                read = True
-                break
-            except Exception:  # a driver without the newer call: try the older name once
-                self._reason_fns.pop(0)
         self.count += read
         return read
+
+    @property
+    def _idle_bit(self) -> int:
+        return next((bit for bit, name in self._names.items() if name == _IDLE), 0)
 
     def summary(self) -> DeviceSamples:
         """What has been sampled so far, as `DeviceSamples`."""
@@ -224,12 +234,14 @@ def reason_names(nvml: Any) -> dict[int, str]:
 
 
 def describe_reasons(mask: int, names: dict[int, str]) -> str:
-    """The reasons in `mask`, comma-separated in bit order, GpuIdle left out; a bit the
-    module has no name for as hex ("0x800"); '' for none."""
+    """The reasons in `mask`, comma-separated in bit order, GpuIdle left out, each NVML's
+    name in snake case (`SwPowerCap` -> "sw_power_cap", `HwThermalSlowdown` ->
+    "hw_thermal_slowdown"); a bit the module has no name for as hex ("0x800"); '' for none."""
     out = []
     bit = 1
     while bit <= mask:
         if mask & bit and names.get(bit) != _IDLE:
-            out.append(names.get(bit, hex(bit)))
+            name = names.get(bit)
+            out.append(re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() if name else hex(bit))
         bit <<= 1
     return ",".join(out)
