@@ -88,6 +88,7 @@ select
     cast(flops_analytic as bigint) as flops_analytic,
     cast(flops_uncounted as varchar) as flops_uncounted,
     cast(flops_error as varchar) as flops_error,
+    cast(flops_device as varchar) as flops_device,
     cast(achieved_tflops as double) as achieved_tflops,
     cast(achieved_hardware_tflops as double) as achieved_hardware_tflops,
     cast(gpu_variant as varchar) as gpu_variant,

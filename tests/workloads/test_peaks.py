@@ -291,6 +291,17 @@ def test_cpu_peak_is_measured_for_long_enough_then_read_from_the_cache(tmp_path,
     assert measured_matmul_peak(torch.device("cpu"), "fp32", tmp_path) == first
 
 
+def test_a_figure_measured_the_old_way_is_never_read_as_the_new(tmp_path, monkeypatch):
+    """The cache format is part of the key and goes up when the measurement changes: an
+    entry of the previous format, for the same device and conditions, is measured again."""
+    monkeypatch.setattr(peaks, "_measure", lambda *a: MeasuredPeak(1.0, 1.0, 1.0, 5, 1, 0.3, 64, 1))
+    monkeypatch.setattr(peaks, "CACHE_FORMAT", peaks.CACHE_FORMAT - 1)
+    assert measured_matmul_peak("cpu", "fp32", tmp_path) == 1.0
+    monkeypatch.undo()
+    monkeypatch.setattr(peaks, "_measure", lambda *a: MeasuredPeak(2.0, 2.0, 2.0, 5, 1, 0.3, 64, 1))
+    assert measured_matmul_peak("cpu", "fp32", tmp_path) == 2.0
+
+
 def fake_measure(values):
     def measure(torch, dev, p):
         v = values[(p, torch.get_num_threads())]

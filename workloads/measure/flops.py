@@ -47,6 +47,7 @@ A built-in may declare a closed-form count to check this one against
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -186,7 +187,10 @@ def _count(build, params, device: str, fallback_reason: str | None = None) -> Fl
     recorder = _OpRecorder()
     # The recorder is entered first, so it sits under the counters: it sees the ops
     # they let run, after they have decomposed what they could.
-    with sdpa_kernel(SDPBackend.MATH), recorder:
+    with sdpa_kernel(SDPBackend.MATH), recorder, warnings.catch_warnings():
+        # FlopCounterMode's global module hooks make torch warn that a compiled module's
+        # hooks fire twice; here the model runs eager (force_eager) and the counts are whole.
+        warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks")
         with FlopCounterMode(display=False) as forward:
             loss = work.loss_fn(call_model(model, inputs), targets)
         with _counter(grad_mode=False) as backward, _counter(grad_mode=True) as recompute:

@@ -453,9 +453,12 @@ def _facts_variant(facts: DeviceFacts, mig: bool) -> str | None:
 
 CACHE_FILE = "matmul_peaks.json"
 # Cache entries and keys of this format only; older files keep their entries (another
-# stepscope on the node may read them) but their keys, JSON lists, never match a
-# format-2 key, a JSON object.
-CACHE_FORMAT = 2
+# stepscope on the node may read them) but their keys never match: format 1's are JSON
+# lists, later ones JSON objects holding the format. The format is part of the key and
+# goes up whenever the way the figure is measured changes, so that no figure measured
+# the old way is read as the new: 2, time-based and keyed by threads, power and clocks;
+# 3, the second operand transposed (nn.Linear's layout).
+CACHE_FORMAT = 3
 # Square sizes: large enough that a GPU's tensor cores are saturated (8192^3 is
 # 1.1 TFLOP per matmul); on a CPU 1024, halved while one matmul would take
 # longer than a batch.
@@ -464,7 +467,7 @@ CPU_SIZE, CPU_PROBE, CPU_MIN_SIZE = 1024, 512, 256
 # Time-based: batches of back-to-back matmuls run until MIN_S seconds of them are
 # done (and at least MIN_KEPT are kept); batches that start in the first WARM_S
 # seconds (and always the first) are the ramp-up and are dropped; the peak is the
-# median batch rate. GPU: 2 s after a 0.5 s ramp. A GPU's clocks settle only once its
+# median batch rate. GPU: 2 s in all, its first 0.5 s the ramp. A GPU's clocks settle only once its
 # power controller has seen the sustained load, and NVML averages board power over
 # 1 s on Ampere and newer (nvmlDeviceGetPowerUsage,
 # https://docs.nvidia.com/deploy/nvml-api/group__nvmlDeviceQueries.html): a ~30 ms

@@ -85,6 +85,7 @@ class Work:
     flops_analytic: int | None = None  # a built-in's closed form, e.g. gpt's (6N + 12·L·d·T) per token
     flops_uncounted: str | None = None  # comma-separated ops the counter had no formula for
     flops_error: str | None = None  # why nothing was counted, when nothing was
+    flops_device: str | None = None  # where the counting step ran: meta, or cpu (one real CPU step) where meta failed
     achieved_tflops: float | None = None  # model FLOPs / mean measured step
     achieved_hardware_tflops: float | None = None  # hardware FLOPs / mean measured step
     gpu_variant: str | None = None

@@ -53,6 +53,7 @@ def count(builder: Callable, params: Mapping[str, Any]) -> Work:
         flops_recompute=fc.recompute,
         flops_analytic=analytic,
         flops_uncounted=",".join(fc.uncounted) or None,
+        flops_device=fc.device_used,
     )
 
 

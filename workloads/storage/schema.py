@@ -142,6 +142,7 @@ TRIALS = pa.schema(
         pa.field("flops_analytic", pa.int64()),  # gpt: (6N + 12·L·d·T) per token
         pa.field("flops_uncounted", pa.string()),  # operators the counter had no formula for
         pa.field("flops_error", pa.string()),  # why nothing was counted, when nothing was
+        pa.field("flops_device", pa.string()),  # meta, or cpu where the step could not run on meta
         pa.field("achieved_tflops", pa.float64()),  # model FLOPs / mean measured step
         pa.field("achieved_hardware_tflops", pa.float64()),  # hardware FLOPs / mean measured step
         pa.field("gpu_variant", pa.string()),  # exact board, e.g. H100-SXM-80GB (stepscope.workloads.measure.identity)
