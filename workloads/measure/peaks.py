@@ -433,6 +433,13 @@ def _is_mig(facts: DeviceFacts) -> bool:
     return facts.device_uuid.startswith("MIG-") or " MIG " in (facts.device_name or "")
 
 
+def device_variant(facts: DeviceFacts) -> str | None:
+    """The exact variant label of the device in `facts` (`device.describe`'s), or None:
+    NVML's, else read from the name, memory and power limits (the default first) as
+    `identity.gpu_variant` does; an unknown board is None."""
+    return _facts_variant(facts, _is_mig(facts))
+
+
 def _facts_variant(facts: DeviceFacts, mig: bool) -> str | None:
     ident = facts.identity  # NVML's, read once by stepscope.workloads.measure.device.describe
     if ident is not None and ident.gpu_variant:

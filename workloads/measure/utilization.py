@@ -72,7 +72,7 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
             dp = peaks.device_datasheet_peak(facts, precision)
         except peaks.PeakError:
             dp = None
-        variant = dp.variant if dp is not None else _variant(facts)
+        variant = dp.variant if dp is not None else peaks.device_variant(facts)
         sheet = dp.tflops if dp is not None else None
     try:
         measured = peaks.measured_matmul_peak(device, precision, cache_dir(), torch_module=torch)
@@ -104,20 +104,3 @@ def _tflops(flops_per_step: int, wall_s: float | None, steps: int) -> float | No
 
 def _share(achieved: float | None, peak: float | None) -> float | None:
     return achieved / peak if achieved is not None and peak else None
-
-
-def _variant(facts: DeviceFacts) -> str | None:
-    from stepscope.workloads.measure.identity import gpu_variant
-
-    ident = facts.identity  # NVML's, read once by stepscope.workloads.measure.device.describe
-    if ident is not None and ident.gpu_variant:
-        return ident.gpu_variant
-    if not facts.device_name:
-        return None
-    power = ident.power_limit_w if ident is not None else None
-    default = ident.power_limit_default_w if ident is not None else None
-    try:
-        return gpu_variant(facts.device_name, facts.device_memory_bytes, power,
-                           power_limit_default_w=default).label
-    except Exception:  # an unknown board: no datasheet row, the measured peak still applies
-        return None
