@@ -18,6 +18,7 @@ Each environment variable, set to a larger number, raises its limit.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import hashlib
 import json
@@ -263,7 +264,10 @@ class _Validator:
     def build(self, doc: dict[str, Any]) -> SweepSpec:
         for key in doc:
             if key not in TOP_LEVEL_KEYS:
-                raise self.fail(key, f"unknown key; allowed: {', '.join(TOP_LEVEL_KEYS)}; parameters go under fixed or grid")
+                close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise self.fail(key, f"unknown key; {hint}allowed: {', '.join(TOP_LEVEL_KEYS)}; "
+                                     "parameters go under fixed or grid")
         name = self.name(doc.get("name"))
         fixed = self.fixed(doc.get("fixed", {}))
         grid = self.grid(doc.get("grid"))

@@ -21,6 +21,8 @@ BAD_SPECS = [
     ("grid: {workload: [mlp]}\n", "name", "missing"),
     ("name: 'bad name!'\ngrid: {workload: [mlp]}\n", "name", "letters, digits"),
     ("name: x\ngrid: {workload: [mlp]}\nbatch_size: 4\n", "batch_size", "parameters go under fixed or grid"),
+    ("name: x\ngrid: {workload: [mlp]}\nisolaton: process\n", "isolaton", "did you mean 'isolation'?"),
+    ("name: x\ngird: {workload: [mlp]}\n", "gird", "did you mean 'grid'?"),
     ("name: x\n", "grid", "missing"),
     ("name: x\ngrid: {}\n", "grid", "empty"),
     ("name: x\ngrid: {workload: []}\n", "grid.workload", "empty list"),
