@@ -140,15 +140,50 @@ def stream_query(
     return _execute(con, query.path.read_text(encoding="utf-8"), values)
 
 
+#: The sweeps of a store, newest first: those with a `sweeps` row by created_at, then those
+#: known only by their trials (a `sweeps` file skipped, or not copied with them) by id.
+_KNOWN_SWEEPS = """
+select sweep_id from (
+    select sweep_id, created_at from sweeps
+    union all by name
+    select distinct sweep_id from trials where sweep_id not in (select sweep_id from sweeps)
+)
+order by created_at desc nulls last, sweep_id
+"""
+
+
 def _check_sweep(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str | None) -> None:
-    """`-p sweep=ID` must name a sweep of the store: an unknown one is an error, not no rows."""
-    if sweep is None or sweep in ("latest", "all"):
+    """`-p sweep=ID` must name a sweep of the store: an unknown one is an error naming the
+    sweeps there, not no rows. `latest` must have a newest sweep to pick when the store has
+    trials: it is chosen by the `sweeps` rows' created_at, so trials with no `sweeps` row at
+    all would give no rows."""
+    if sweep is None or sweep == "all":
         return
-    known = [r[0] for r in con.execute("select sweep_id from sweeps order by created_at desc, sweep_id").fetchall()]
+    known = [r[0] for r in con.execute(_KNOWN_SWEEPS).fetchall()]
+    shown = ", ".join(known[:10]) + (f" (and {len(known) - 10} more)" if len(known) > 10 else "") if known else "none"
+    if sweep == "latest":
+        if known and con.execute("select count(*) from sweeps").fetchone()[0] == 0:
+            raise QueryError(f"query {query.name}: -p sweep=latest: the store has no sweeps row to tell the newest "
+                             f"sweep (`stepscope store check` says why); give -p sweep=all, or one of: {shown}")
+        return
     if sweep not in known:
-        shown = ", ".join(known[:10]) + (f" (and {len(known) - 10} more)" if len(known) > 10 else "") if known else "none"
         raise QueryError(f"query {query.name}: -p sweep={sweep}: no such sweep in the store; use latest, all, "
                          f"or one of: {shown}")
+
+
+def reads_relations(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
+    """Does `sql` name a table or view (in any of its statements)? On a `stepscope sql`
+    connection every relation is one of the store's views or made by the SQL itself (most
+    likely from them), so this says whether its answer depends on what the store holds:
+    `select 1` or `select * from range(5)` do not. DuckDB's parser finds the names (CTEs are
+    not relations), in a bare connection: `con`'s own would expand its views into the
+    registered relations under them and name none. SQL it cannot read counts as naming one."""
+    try:
+        statements = con.extract_statements(sql)
+        with duckdb.connect(":memory:") as bare:
+            return any(bare.get_table_names(statement.query) for statement in statements)
+    except duckdb.Error:
+        return True
 
 
 #: Statement types `stepscope sql` runs: reading, and what lives in this command's in-memory

@@ -8,6 +8,7 @@ Ray and torch are imported only by the commands that need them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import os
@@ -112,6 +113,21 @@ def main() -> None:
     cli(prog_name="stepscope")
 
 
+def _keep_examples_verbatim(command: click.Command) -> None:
+    """Click rewraps every paragraph of a help text, which runs the indented command lines of
+    an `Example:` block together into one. A paragraph whose lines are all indented is code:
+    mark it `\\b` (Click's "do not rewrap"), on every command and subcommand, once."""
+    if command.help and not getattr(command, "_examples_verbatim", False):
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(
+            "\b\n" + para if para.strip() and all(line.startswith("  ") for line in para.splitlines() if line) else para
+            for para in paragraphs
+        )
+        command._examples_verbatim = True
+    for sub in getattr(command, "commands", {}).values():
+        _keep_examples_verbatim(sub)
+
+
 # ---------------------------------------------------------------- plan
 
 
@@ -145,9 +161,14 @@ def plan(spec_path: str) -> None:
 class _PrintProgress:
     """Trial lines as they finish; on a terminal also a live bar with ETA and what runs where."""
 
-    def __init__(self, spec: SweepSpec) -> None:
+    LABEL_MIN, LABEL_MAX = 28, 72  # columns for a trial's label: aligned, and a long one kept on one line
+
+    def __init__(self, spec: SweepSpec, trials=()) -> None:
         # Grid keys beyond the usual three say which trial this is (e.g. a custom workload's).
         self.extra = [k for k, _ in spec.grid if k not in ("workload", "batch_size", "precision")]
+        # As wide as the sweep's longest label (long GPU types: `on A100-SXM4-80GB`), so the
+        # figures stay in one column; a label that comes later and is longer widens it.
+        self.label_width = min(self.LABEL_MAX, max([self.LABEL_MIN, *(len(self.label(t)) for t in trials)]))
         self.tty = sys.stderr.isatty()
         self.bar_shown = False
         self.last_tick = 0.0
@@ -163,9 +184,11 @@ class _PrintProgress:
         else:
             what = (o.error or "")[:100]
         eta = f"  ETA {_duration(snap.eta_s)}" if snap.eta_s and snap.done < snap.total else ""
+        label = self.label(o.trial)
+        self.label_width = max(self.label_width, min(len(label), self.LABEL_MAX))
         self._clear()
         click.echo(
-            f"[{snap.done:>{width}}/{snap.total}] {o.status:<9} {self.label(o.trial):<28} {what}  ({o.seconds:.1f}s){eta}",
+            f"[{snap.done:>{width}}/{snap.total}] {o.status:<9} {label:<{self.label_width}} {what}  ({o.seconds:.1f}s){eta}",
             err=True,
         )
         self.tick(snap, force=True)
@@ -176,7 +199,10 @@ class _PrintProgress:
             return
         self.last_tick = now
         filled = int(20 * snap.done / max(snap.total, 1))
-        running = ", ".join(f"{k} {v}" for k, v in sorted(snap.running.items())) or "none"
+        # Between one trial's end and the next one's start nothing runs for a moment: that is
+        # "starting", not "none", while trials are left.
+        running = ", ".join(f"{k} {v}" for k, v in sorted(snap.running.items())) or (
+            "none" if snap.done >= snap.total else "starting")
         eta = _duration(snap.eta_s) if snap.eta_s is not None else "?"
         line = (
             f"[{'#' * filled}{'.' * (20 - filled)}] {snap.done}/{snap.total} "
@@ -264,7 +290,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
             trials, _ = plan_trials(spec, session.nodes())
             outcome = run_sweep(
                 session, spec, trials, st, sweep_id=chosen.sweep_id, done_ids=chosen.done_ids,
-                progress=_PrintProgress(spec), new_sweep=chosen.new, trial_timeout=trial_timeout, paths=paths,
+                progress=_PrintProgress(spec, trials), new_sweep=chosen.new, trial_timeout=trial_timeout, paths=paths,
             )
     except KeyboardInterrupt:
         outcome = None
@@ -313,6 +339,12 @@ def _probe_local(st: Store) -> None:
                          f"{exc.strerror or exc}") from None
 
 
+def _warn_unused(workload: str, names: str) -> None:
+    listed = ", ".join(repr(n) for n in names.split(","))
+    click.echo(f"Warning: {workload} never read {listed} from its parameters; a typo in the spec? "
+               "(trials.unused_params)", err=True)
+
+
 def _summary(outcome, st: Store) -> None:
     statuses = tuple(TrialStatus)
     counts = ", ".join(f"{outcome.count(s)} {s}" for s in statuses if outcome.count(s))
@@ -326,6 +358,9 @@ def _summary(outcome, st: Store) -> None:
     for o in outcome.outcomes:
         if not o.status.is_result:
             click.echo(f"  {o.status}: {o.trial.label} [{o.trial.trial_id}]: {o.error}")
+    unread = {(o.trial.params["workload"], o.unused_params) for o in outcome.outcomes if o.unused_params}
+    for workload, names in sorted(unread):
+        _warn_unused(workload, names)
     where = ("--store", st.location) if st.location != resolve_store(None) else ()
     if outcome.skipped or not outcome.outcomes or any(o.status.is_result for o in outcome.outcomes):
         click.echo(f"results in {st.location}; try: {_command('stepscope', 'query', 'phase_shares', *where)}")
@@ -510,6 +545,8 @@ def trial(spec_path: str, index: int, store: str | None, sweep_id: str | None, g
         click.echo(f"ok: {row['samples_per_s']:,.1f} samples/s on {row['device_name']} ({row['device_kind']})")
     else:
         click.echo(f"{row['status']}: {row['error']}")
+    if row["unused_params"]:
+        _warn_unused(t.params["workload"], row["unused_params"])
     code = EXIT_OK if TrialStatus(row["status"]).is_result else EXIT_TRIALS_FAILED
     if any(th.is_alive() and not th.daemon for th in set(threading.enumerate()) - threads_before):
         # The rows are written; a thread the workload started and left running must not keep
@@ -539,6 +576,67 @@ def workloads(fmt: str | None, max_rows: int | None) -> None:
     for info in BUILTINS.values():
         rows += [[info.name, p.name, p.describe_type(), p.default, p.help] for p in info.params]
     write_rows(columns, [rows], fmt, max_rows)
+
+
+# ---------------------------------------------------------------- peaks
+
+PEAK_COLUMNS = ["host", "device", "uuid", "precision", "torch", "conditions", "measured_at", "age_days", "state",
+                "tflops", "min_tflops", "max_tflops", "spread_pct", "samples"]
+
+
+@cli.command()
+@click.option("--refresh", is_flag=True, help="Measure the peaks on this node again and show the new entries.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="With --refresh: the device to measure (default: cuda where torch sees one, else cpu).")
+@click.option("--precision", "precisions", multiple=True, metavar="P",
+              type=click.Choice(["fp32", "tf32", "bf16", "fp16", "amp_bf16", "amp_fp16"]),
+              help="With --refresh: a precision to measure (repeatable; default: fp32, tf32, bf16, fp16).")
+@click.option("--clear", is_flag=True, help="Empty the cache: the next trial measures its peak again.")
+@output_options
+def peaks(refresh: bool, device: str | None, precisions: tuple[str, ...], clear: bool, fmt: str | None,
+          max_rows: int | None) -> None:
+    """List the matmul peaks measured on this node (MFU's measured_* denominator).
+
+    The cache is $STEPSCOPE_CACHE_DIR/matmul_peaks.json (default ~/.cache/stepscope).
+    An entry is `fresh`, `expired` (older than $STEPSCOPE_PEAK_MAX_AGE_DAYS, default 7:
+    measured again when next read) or `other_format` (never read). spread_pct is the
+    kept batches' (max - min) / median.
+
+    Example:
+
+        stepscope peaks
+        stepscope peaks --refresh --device cpu --precision fp32 --precision bf16
+        stepscope peaks --clear
+    """
+    from stepscope.workloads.measure import peaks as pk
+    from stepscope.workloads.measure.utilization import cache_dir
+
+    if refresh and clear:
+        raise click.UsageError("give --refresh or --clear, not both")
+    if (device or precisions) and not refresh:
+        raise click.UsageError("--device and --precision go with --refresh")
+    folder = cache_dir()
+    if clear:
+        held = pk.clear_cache(folder)
+        click.echo(f"Removed {held} measured peak{'s' if held != 1 else ''} from {folder}.")
+        return
+    if refresh:
+        entries = [pk.CacheEntry(p.key, pk.CACHE_FORMAT, "fresh", p)
+                   for p in pk.refresh_peaks(device, precisions or pk.MEASURABLE, folder)]
+    else:
+        entries = pk.cache_entries(folder)
+    write_rows(PEAK_COLUMNS, [[_peak_row(e) for e in entries]], fmt, max_rows)
+
+
+def _peak_row(entry) -> list:
+    key, p = entry.key, entry.peak
+    conditions = ", ".join(f"{k}={v}" for k, v in key.items()
+                           if k not in ("host", "device", "uuid", "precision", "torch") and v is not None)
+    measured = [p.measured_at, round(p.age_s / 86400, 3) if math.isfinite(p.age_s) else None] if p else [None, None]
+    rates = ([round(p.tflops, 4), round(p.min_tflops, 4), round(p.max_tflops, 4), round(100 * p.spread, 1), p.samples]
+             if p else [None] * 5)
+    return [key.get("host"), key.get("device"), key.get("uuid"), key.get("precision"), key.get("torch"),
+            conditions or None, *measured, entry.state, *rates]
 
 
 # ---------------------------------------------------------------- query / sql
@@ -572,8 +670,8 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         stepscope query --list
         stepscope query phase_breakdown -p sweep=all --format markdown
     """
-    from stepscope.analysis.queries import list_queries, stream_query, watch
-    from stepscope.analysis.warehouse import connect
+    from stepscope.analysis.queries import bind, get_query, list_queries, stream_query, watch
+    from stepscope.analysis.warehouse import open_store
 
     if list_:
         rows = [[q.name, q.description, ", ".join(f"{p.name}={p.default}" for p in q.parameters)] for q in list_queries()]
@@ -587,7 +685,10 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: write KEY=VALUE", param_hint="-p")
         bound[key] = value
-    con = connect(resolve_store(store))
+    bind(get_query(name), bound)  # the query and its parameters are checked before the store is read
+    opened = open_store(resolve_store(store))
+    _require_results(opened.contents, store)  # a store with no sweep is not an empty answer
+    con = opened.con
     with watch(con, timeout):
         result = stream_query(con, name, bound)
         write_rows(result.columns, result.batches, fmt, max_rows)
@@ -608,13 +709,28 @@ def sql(sql_text: str, store: str | None, fmt: str | None, max_rows: int | None,
 
         stepscope sql "select workload, precision, median(samples_per_s) from trials group by all"
     """
-    from stepscope.analysis.queries import stream_sql, watch
-    from stepscope.analysis.warehouse import connect
+    from stepscope.analysis.queries import reads_relations, stream_sql, watch
+    from stepscope.analysis.warehouse import READY, open_store
 
-    con = connect(resolve_store(store))
+    opened = open_store(resolve_store(store))
+    con = opened.con
     with watch(con, timeout):
-        result = stream_sql(con, sql_text)
+        result = stream_sql(con, sql_text)  # SQL DuckDB refuses is reported before the store is
+        if opened.contents.state != READY and reads_relations(con, sql_text):
+            _require_results(opened.contents, store)  # `select 1` needs no store; `from trials` does
         write_rows(result.columns, result.batches, fmt, max_rows)
+
+
+def _require_results(contents, store: str | None) -> None:
+    """EmptyStoreError unless the store holds a sweep; the message names the store as the user
+    gave it (--store, STEPSCOPE_STORE, or the default) and the `run` that fills it."""
+    if store is not None:
+        named, args = f"--store {contents.location}", ("--store", store)
+    elif os.environ.get("STEPSCOPE_STORE"):
+        named, args = f"STEPSCOPE_STORE={contents.location}", ()
+    else:
+        named, args = f"{contents.location} (the default store: no --store, STEPSCOPE_STORE unset)", ()
+    contents.require_results(named, _command("stepscope", "run", "SPEC", *args))
 
 
 # ---------------------------------------------------------------- store
@@ -750,6 +866,9 @@ def _command(*argv: str) -> str:
     import shlex
 
     return shlex.join(argv)
+
+
+_keep_examples_verbatim(cli)  # every command is defined by now
 
 
 if __name__ == "__main__":  # pragma: no cover

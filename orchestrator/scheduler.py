@@ -67,6 +67,7 @@ class TrialOutcome:
     samples_per_s: float | None
     seconds: float
     attempt: int
+    unused_params: str | None = None  # a custom workload's spec keys it never read (trials.unused_params)
 
 
 @dataclass
@@ -128,6 +129,30 @@ def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None
     }
 
 
+#: Ray's logger for its token-authentication setup (ray/_private/authentication/).
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropTokenAuthEnabledNotice(logging.Filter):
+    """Ray 2.60 logs, whenever a new local cluster turns token authentication on by default,
+    that it did so. For stepscope's own embedded cluster (on this machine, gone with the
+    sweep) that is one line of noise on every run. Only that notice is dropped: the warning
+    that authentication is *disabled* still prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+@contextlib.contextmanager
+def _without_token_auth_notice():
+    logger, notice = logging.getLogger(_AUTH_LOGGER), _DropTokenAuthEnabledNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 class Session:
     """A connection to Ray for one sweep: an embedded cluster or an existing one."""
 
@@ -150,7 +175,8 @@ class Session:
                 # "local": always a new cluster of our own. ray.init() with no address would
                 # join the cluster last recorded by `ray start` on this machine, even a dead
                 # one (it then hangs for minutes), or silently run on someone else's.
-                ray.init(address="local", include_dashboard=False, **quiet)
+                with _without_token_auth_notice():
+                    ray.init(address="local", include_dashboard=False, **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -417,7 +443,8 @@ def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], a
         row = forkserver.call_in_fresh_process(PRELOAD, run_trial, *args, **kwargs)
     else:
         row = run_trial(*args, **kwargs)
-    return {"status": row["status"], "error": row["error"], "samples_per_s": row["samples_per_s"]}
+    return {"status": row["status"], "error": row["error"], "samples_per_s": row["samples_per_s"],
+            "unused_params": row["unused_params"]}
 
 
 @dataclass
@@ -546,7 +573,8 @@ class _Driver:
             self.failed_attempt(run, exc, took)
             return
         # A result, even for a trial the driver had just cancelled: it finished first.
-        self.finish(run.trial, run.attempt, res["status"], res["error"], res["samples_per_s"], took, write=False)
+        self.finish(run.trial, run.attempt, res["status"], res["error"], res["samples_per_s"], took, write=False,
+                    unused_params=res.get("unused_params"))
 
     def failed_attempt(self, run: _Running, exc: Exception, took: float) -> None:
         trial, attempt, errors = run.trial, run.attempt, self.ray.exceptions
@@ -606,11 +634,11 @@ class _Driver:
                 if self.slots(run.trial.gpu) == 0:
                     self.cancel(ref, run, "lost")
 
-    def finish(self, trial, attempt, status, error, sps, took, *, write: bool) -> None:
+    def finish(self, trial, attempt, status, error, sps, took, *, write: bool, unused_params: str | None = None) -> None:
         if write:  # the worker never wrote a row: the driver does
             row = failed_row(trial, self.sweep_id, error, attempt, status=status)
             self.store.write_trial(self.sweep_id, trial.trial_id, row, [])
-        done = TrialOutcome(trial, TrialStatus(status), error, sps, took, attempt)
+        done = TrialOutcome(trial, TrialStatus(status), error, sps, took, attempt, unused_params)
         self.outcome.outcomes.append(done)
         self.progress.trial_done(done, self.snapshot())
 
@@ -620,9 +648,24 @@ class _Driver:
             key = r.trial.gpu or ("any GPU" if self.use_gpus else "cpu")
             running[key] = running.get(key, 0) + 1
         done = self.outcome.skipped + len(self.outcome.outcomes)
-        ran = len(self.outcome.outcomes)
         elapsed = time.monotonic() - self.t0
-        remaining = self.outcome.total - done
-        eta = elapsed / ran * remaining if ran else None
         failures = sum(not o.status.is_result for o in self.outcome.outcomes)
-        return Snapshot(done, self.outcome.total, running, failures, elapsed, eta)
+        return Snapshot(done, self.outcome.total, running, failures, elapsed, self.eta())
+
+    def eta(self) -> float | None:
+        """Seconds until the sweep is done, per GPU type (types run side by side, so the
+        slowest decides): the trials left of the type, at the mean duration of its finished
+        trials (of any type while none of its own has finished), over the slots it has; a
+        running trial counts for what its mean leaves of it. None before any trial finished."""
+        finished = [o for o in self.outcome.outcomes if o.seconds > 0]
+        if not finished:
+            return None
+        overall = sum(o.seconds for o in finished) / len(finished)
+        now, eta = time.monotonic(), 0.0
+        for gpu in set(self.queues) | {r.trial.gpu for r in self.running.values()}:
+            own = [o.seconds for o in finished if o.trial.gpu == gpu]
+            mean = sum(own) / len(own) if own else overall
+            left = len(self.queues.get(gpu, ())) * mean
+            left += sum(max(0.0, mean - (now - r.started)) for r in self.running.values() if r.trial.gpu == gpu)
+            eta = max(eta, left / max(1, self.slots(gpu)))
+        return eta

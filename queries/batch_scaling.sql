@@ -2,19 +2,29 @@
 --
 -- A series is one configuration with the batch size left free: every parameter
 -- but batch_size and the seed (shown as a short hash, series), on one GPU type
--- and device. throughput_x is samples/s over the series' smallest batch's;
--- efficiency_pct is throughput_x over the batch-size ratio (100: the step time
--- did not grow at all, the device had idle capacity; it falls as the device
--- fills up). peak_mib is the highest peak of a measured step: CUDA's allocated
--- peak on a GPU, the process's resident peak on a CPU; memory_x compares it
--- with the smallest batch's. step_ms sums the phases' device time (no idle
--- gaps between phases); samples_per_s is over the measured wall time, so on a
--- GPU it also pays for the gaps. Medians over ok trials and measured steps.
+-- and device. The step figures are intermediate.sql's config_step_stats, the
+-- same in every named query: step_ms_p50 is the median (over trials) of the
+-- median step, a step's total the sum of its phases' device time (no idle gaps
+-- between phases); step_ms_p10..step_ms_p90 its spread over the pooled steps
+-- (two batch sizes whose ranges overlap are within each other's noise);
+-- unstable flags a configuration whose steps varied too much to compare
+-- (pyperf's check). samples_per_s_p50 is the median step's throughput
+-- (batch_size / step_ms_p50 * 1000); samples_per_s the median of the trials'
+-- wall-clock throughput (batch_size * measured steps / measured_wall_s: on a
+-- GPU it also pays for the gaps). throughput_x is samples_per_s_p50 over the
+-- series' smallest batch's, so one slow step cannot move it; efficiency_pct is
+-- throughput_x over the batch-size ratio (100: the step time did not grow at
+-- all, the device had idle capacity; it falls as the device fills up).
+-- peak_mib is the highest peak of a measured step: CUDA's allocated peak on a
+-- GPU, the process's resident peak on a CPU; memory_x compares it with the
+-- smallest batch's. Ok trials only.
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, workload, precision, gpu, device_name, series, batch_size, trials,
---   samples_per_s, step_ms, throughput_x, efficiency_pct, activation_mib, peak_mib, memory_x
+--   samples_per_s_p50 (of the median step), samples_per_s (wall clock), step_ms_p50,
+--   step_ms_p10, step_ms_p90, unstable, throughput_x, efficiency_pct, activation_mib,
+--   peak_mib, memory_x
 
 with
 
@@ -32,24 +42,12 @@ chosen_steps as (
     where in_sweep(sweep_id, $sweep)
 ),
 
-per_step as (
-    select
-        sweep_id,
-        trial_id,
-        iteration,
-        sum(duration_ms) as step_ms,
-        max(coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_bytes
-    from chosen_steps
-    group by sweep_id, trial_id, iteration
-),
-
 per_trial as (
     select
         sweep_id,
         trial_id,
-        median(step_ms) as step_ms,
-        max(peak_bytes) as peak_bytes
-    from per_step
+        max(coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_bytes
+    from chosen_steps
     group by sweep_id, trial_id
 ),
 
@@ -58,15 +56,18 @@ per_batch as (
     select
         t.config,
         t.series,
-        count(*) as trials,
-        median(t.samples_per_s) as samples_per_s,
-        median(p.step_ms) as step_ms,
         median(t.activation_bytes) as activation_bytes,
         max(p.peak_bytes) as peak_bytes
     from chosen_trials as t
     inner join per_trial as p
         on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
     group by t.config, t.series
+),
+
+with_stats as (
+    select *
+    from per_batch
+    inner join config_step_stats using (config)
 ),
 
 -- A series is the configuration key with the batch size (and so the config_id)
@@ -76,9 +77,9 @@ with_base as (
     select
         *,
         first_value(config.batch_size) over series_by_batch as base_batch,
-        first_value(samples_per_s) over series_by_batch as base_samples_per_s,
+        first_value(samples_per_s_p50) over series_by_batch as base_samples_per_s_p50,
         first_value(peak_bytes) over series_by_batch as base_peak_bytes
-    from per_batch
+    from with_stats
     window series_by_batch as (
         partition by series, json_merge_patch(to_json(config), '{"batch_size": null, "config_id": null}')
         order by config.batch_size
@@ -92,10 +93,14 @@ final as (
         series,
         config.batch_size,
         trials,
+        round(samples_per_s_p50, 1) as samples_per_s_p50,
         round(samples_per_s, 1) as samples_per_s,
-        round(step_ms, 3) as step_ms,
-        round(samples_per_s / nullif(base_samples_per_s, 0), 2) as throughput_x,
-        round(100 * samples_per_s / nullif(base_samples_per_s, 0) / (config.batch_size / base_batch), 1)
+        round(step_ms_p50, 3) as step_ms_p50,
+        round(step_ms_p10, 3) as step_ms_p10,
+        round(step_ms_p90, 3) as step_ms_p90,
+        unstable,
+        round(samples_per_s_p50 / nullif(base_samples_per_s_p50, 0), 2) as throughput_x,
+        round(100 * samples_per_s_p50 / nullif(base_samples_per_s_p50, 0) / (config.batch_size / base_batch), 1)
             as efficiency_pct,
         round(activation_bytes / 2 ^ 20, 2) as activation_mib,
         round(peak_bytes / 2 ^ 20, 1) as peak_mib,

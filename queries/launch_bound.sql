@@ -8,16 +8,21 @@
 -- near 1 or above, and launch_bound is true from $threshold on. gap_ms is the GPU
 -- idle time between phases per step, from CUDA events: the host's work between
 -- steps (the step's synchronisation, the loop, building the batch) and between
--- phases where the GPU had caught up; idle_pct is its share of the step plus gaps.
--- Medians over the measured steps of ok CUDA trials (CPU trials have no device
--- to wait). A configuration is every parameter but the seed (config_id).
+-- phases where the GPU had caught up; idle_pct is its share of the median step
+-- plus gaps. step_ms_p50 is the median step of intermediate.sql's
+-- config_step_stats, as in every named query (the median over trials of each
+-- trial's median step, phases' device time summed), and unstable its flag
+-- (pyperf's check: read no verdict from such a configuration without a rerun);
+-- the other columns are medians over the pooled measured steps of ok CUDA
+-- trials (CPU trials have no device to wait). A configuration is every
+-- parameter but the seed (config_id).
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 -- param: threshold = 0.9  (host/device ratio of forward+loss+backward from which a configuration is launch bound)
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
---   trials, steps, step_ms (device, phases summed), gap_ms, idle_pct, compute_device_ms,
---   compute_host_ms (forward+loss+backward), host_device_ratio, launch_bound
+--   trials, steps, step_ms_p50 (device, phases summed), unstable, gap_ms, idle_pct,
+--   compute_device_ms, compute_host_ms (forward+loss+backward), host_device_ratio, launch_bound
 
 with
 
@@ -33,7 +38,6 @@ per_step as (
         s.config,
         s.trial_id,
         s.iteration,
-        sum(s.duration_ms) as step_ms,
         sum(s.gpu_gap_ms) as gap_ms,
         sum(s.duration_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_device_ms,
         sum(s.host_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_host_ms
@@ -48,7 +52,6 @@ per_config as (
         config,
         count(distinct trial_id) as trials,
         count(*) as steps,
-        median(step_ms) as step_ms,
         median(gap_ms) as gap_ms,
         median(compute_device_ms) as compute_device_ms,
         median(compute_host_ms) as compute_host_ms
@@ -56,19 +59,30 @@ per_config as (
     group by config
 ),
 
+with_stats as (
+    select
+        c.*,
+        s.step_ms_p50,
+        s.unstable
+    from per_config as c
+    inner join config_step_stats as s
+        on s.config = c.config
+),
+
 final as (
     select
         config.*,
         trials,
         steps,
-        round(step_ms, 3) as step_ms,
+        round(step_ms_p50, 3) as step_ms_p50,
+        unstable,
         round(gap_ms, 3) as gap_ms,
-        round(100 * gap_ms / nullif(step_ms + gap_ms, 0), 1) as idle_pct,
+        round(100 * gap_ms / nullif(step_ms_p50 + gap_ms, 0), 1) as idle_pct,
         round(compute_device_ms, 3) as compute_device_ms,
         round(compute_host_ms, 3) as compute_host_ms,
         round(compute_host_ms / nullif(compute_device_ms, 0), 3) as host_device_ratio,
         compute_host_ms / nullif(compute_device_ms, 0) >= cast($threshold as double) as launch_bound
-    from per_config
+    from with_stats
     order by config
 )
 

@@ -2,7 +2,9 @@
 --
 -- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
 -- trials (its repeats) are pooled. share_pct is the phase's median over the sum
--- of the phases' medians, so the shares of a configuration add up to ~100.
+-- of the phases' medians, so the shares of a configuration add up to ~100. That
+-- sum is phase_shares' phases_ms, not the median step (step_ms_p50 in
+-- phase_shares and trials): a sum of medians is not the median of sums.
 -- A configuration is every parameter but the seed (config_id: depths, sequence
 -- lengths and a custom workload's own keys count too), on one GPU type and device.
 --

@@ -13,14 +13,20 @@
 -- datasheet peak of the exact GPU variant (null on a CPU or an unknown board)
 -- and against the matmul peak measured on the node. Trials stored before
 -- recompute was counted apart have null recompute and HFU. A configuration is
--- every parameter but the seed (config_id).
+-- every parameter but the seed (config_id). A share above 1 is never shown
+-- without a flag: mfu_flags lists its trials' distinct trials.mfu_flag values
+-- (above_datasheet_peak: the count or the variant is wrong; above_measured_peak:
+-- the step beat a measured peak that was just measured; within_peak_tolerance:
+-- above the peak's median, within its fastest batch; measured_peak_remeasured:
+-- the cached peak was too low and was measured again), flagged_trials counts them.
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, config_id, gpu, gpu_variant,
 --   device_name, gflops_per_step, recompute_gflops_per_step, step_tflops,
 --   hardware_step_tflops, forward_tflops, backward_tflops, peak_tflops_datasheet,
---   peak_tflops_measured, mfu_datasheet, mfu_measured, hfu_datasheet, hfu_measured
+--   peak_tflops_measured, mfu_datasheet, mfu_measured, hfu_datasheet, hfu_measured,
+--   flagged_trials, mfu_flags (comma-separated, null when none)
 
 with
 
@@ -80,7 +86,9 @@ per_config as (
         median(mfu_datasheet) as mfu_datasheet,
         median(mfu_measured) as mfu_measured,
         median(hfu_datasheet) as hfu_datasheet,
-        median(hfu_measured) as hfu_measured
+        median(hfu_measured) as hfu_measured,
+        count(mfu_flag) as flagged_trials,
+        string_agg(distinct mfu_flag, ',' order by mfu_flag) as mfu_flags
     from per_trial
     group by config, gpu_variant
 ),
@@ -104,7 +112,9 @@ final as (
         round(mfu_datasheet, 4) as mfu_datasheet,
         round(mfu_measured, 4) as mfu_measured,
         round(hfu_datasheet, 4) as hfu_datasheet,
-        round(hfu_measured, 4) as hfu_measured
+        round(hfu_measured, 4) as hfu_measured,
+        flagged_trials,
+        mfu_flags
     from per_config
     order by
         config.sweep_id, config.workload, config.batch_size, config.precision, config.config_id, config.gpu,

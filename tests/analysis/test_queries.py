@@ -191,10 +191,12 @@ def test_phase_shares_one_row_per_configuration(store, write):
     assert [r["batch_size"] for r in got] == [16, 32]
     first, second = got
     # The same medians as phase_breakdown: 1, 1, 4, 1, 8, 3 -> 18 ms.
-    assert first["step_ms"] == 18.0 and first["samples_per_s"] == 100.0
+    assert first["phases_ms"] == 18.0 and first["samples_per_s"] == 100.0
+    # Step totals 12, 18, 24 ms: the median step is 18 ms, 16 samples in it 888.9/s.
+    assert (first["step_ms_p50"], first["samples_per_s_p50"]) == (18.0, round(16 / 18 * 1000, 1))
     shares = [first[f"{p}_pct"] for p in STEP]
     assert shares == [5.6, 5.6, 22.2, 5.6, 44.4, 16.7]
-    assert second["step_ms"] == 12.0 and second["forward_pct"] == 58.3 and second["gpu"] is None
+    assert second["step_ms_p50"] == 12.0 and second["forward_pct"] == 58.3 and second["gpu"] is None
 
 
 def test_phase_breakdown_pools_the_steps_of_repeats(store, write):
@@ -248,11 +250,11 @@ def test_trials_one_row_per_trial_in_trial_order(store, write, rows):
     assert failed["error"].startswith("RuntimeError: CUDA out of memory. Tried to allocate xxx")
     assert failed["samples_per_s"] is None
     # Measured steps sum to 3+5, 5+5, 4+5 ms: the median step is 9 ms.
-    assert ok["median_step_ms"] == 9.0 and ok["error"] is None
-    assert oom["median_step_ms"] == 7.0
+    assert ok["step_ms_p50"] == 9.0 and ok["error"] is None
+    assert oom["step_ms_p50"] == 7.0 and oom["steps"] == 2
     assert set(ok) >= {
         "status", "error", "workload", "batch_size", "precision", "gpu", "device_kind",
-        "device_name", "host", "samples_per_s", "median_step_ms", "model_to_device_ms", "param_count",
+        "device_name", "host", "samples_per_s", "step_ms_p50", "model_to_device_ms", "param_count",
     }  # fmt: skip
     assert (ok["model_to_device_ms"], ok["param_count"], ok["host"]) == (1.5, 1000, "worker")
 
@@ -306,7 +308,8 @@ def test_configurations_that_differ_beyond_the_usual_columns_stay_apart(store, w
     write.trial("s1", "t2", {"forward": [8.0]}, trial_index=1, config_id="depth-2")
     write.trial("s1", "t3", {"forward": [4.0]}, trial_index=2, config_id="depth-2", seed=1)
     got = records(run_query(connect(store), "phase_shares", {}))
-    assert sorted((r["config_id"], r["step_ms"]) for r in got) == [("depth-1", 7.0), ("depth-2", 11.0)]  # median of 8 and 4 pooled
+    # depth-2's trials have median steps of 13 and 9 ms: the configuration's is their median.
+    assert sorted((r["config_id"], r["step_ms_p50"]) for r in got) == [("depth-1", 7.0), ("depth-2", 11.0)]
     ratios = records(run_query(connect(store), "backward_forward_ratio", {}))
     assert sorted(r["config_id"] for r in ratios) == ["depth-1", "depth-2"]
 
@@ -410,7 +413,7 @@ def test_launch_bound_tells_a_starved_gpu_from_a_busy_one(store, write, rows):
     assert got["big"]["launch_bound"] is False and got["big"]["host_device_ratio"] == 0.1
     assert got["small"]["launch_bound"] is True and got["small"]["host_device_ratio"] == 1.02
     # six phases of 1 ms, 0.5 ms idle before each step's data phase
-    assert (got["small"]["step_ms"], got["small"]["gap_ms"], got["small"]["idle_pct"]) == (6.0, 0.5, 7.7)
+    assert (got["small"]["step_ms_p50"], got["small"]["gap_ms"], got["small"]["idle_pct"]) == (6.0, 0.5, 7.7)
     assert got["small"]["steps"] == 2  # measured steps only
     stricter = records(run_query(connect(store), "launch_bound", {"threshold": "1.05"}))
     assert not any(r["launch_bound"] for r in stricter)
@@ -427,12 +430,15 @@ def test_batch_scaling_compares_each_series_with_its_smallest_batch(store, write
     for i, (trial_id, depth, batch, sps, ms) in enumerate(cases):
         params = f'{{"workload": "mlp", "depth": {depth}, "batch_size": {batch}, "seed": {i}}}'
         write.trial("s1", trial_id, {"forward": [ms]}, trial_index=i, batch_size=batch, samples_per_s=sps,
-                    params=params, seed=i)
+                    params=params, seed=i, config_id=f"c-{depth}-{batch}")  # as the spec hashes it: no seed
     got = records(run_query(connect(store), "batch_scaling", {}))
     assert len({r["series"] for r in got}) == 2
     by_batch = {(r["series"], r["batch_size"]): r for r in got}
     (series_a,) = {r["series"] for r in got if r["batch_size"] == 64}
     row = by_batch[(series_a, 64)]
-    assert (row["trials"], row["samples_per_s"], row["throughput_x"], row["efficiency_pct"]) == (2, 3000, 3, 75)
-    assert row["step_ms"] == 7.0  # forward 2 ms + five phases of 1 ms
+    assert row["step_ms_p50"] == 7.0  # forward 2 ms + five phases of 1 ms
+    # Scaling goes by the median step's throughput: 64 samples in 7 ms against 16 in 6 ms.
+    ratio = (64 / 7) / (16 / 6)
+    assert (row["trials"], row["samples_per_s"], row["samples_per_s_p50"]) == (2, 3000, round(64 / 7 * 1000, 1))
+    assert (row["throughput_x"], row["efficiency_pct"]) == (round(ratio, 2), round(100 * ratio / 4, 1))
     assert by_batch[(series_a, 16)]["throughput_x"] == 1 and by_batch[(series_a, 16)]["efficiency_pct"] == 100

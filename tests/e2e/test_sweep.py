@@ -185,4 +185,5 @@ def test_readme_demo_quickstart(stepscope, tmp_path):
     assert len(configs) == 12
     for c in configs:
         total = sum(c[f"{p}_pct"] for p in ("data", "to_device", "forward", "loss", "backward", "optimizer"))
-        assert total == pytest.approx(100, abs=0.5) and c["step_ms"] > 0
+        assert total == pytest.approx(100, abs=0.5) and c["phases_ms"] > 0
+        assert 0 < c["step_ms_p10"] <= c["step_ms_p50"] <= c["step_ms_p90"]

@@ -73,6 +73,22 @@ def test_query_errors_exit_2(cli_runner, store):
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
 
 
+def test_empty_is_not_missing(cli_runner, store, tmp_path):
+    # Issue 10, item 4: over a real store, a filter that matches nothing is an empty table, exit 0 ...
+    r = cli_runner("sql", "select trial_id from trials where status = 'oom'", "--store", store, "--format", "csv")
+    assert (r.exit_code, r.output) == (0, "trial_id\n")
+    # ... an unknown sweep names the one there, and a store that is not there says so, in one line.
+    r = cli_runner("query", "trials", "-p", "sweep=tiny-2", "--store", store)
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == "Error: query trials: -p sweep=tiny-2: no such sweep in the store; use latest, all, or one of: tiny-1\n"
+    typo = str(tmp_path / "stroe")
+    r = cli_runner("query", "phase_shares", "--store", typo)
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == (f"Error: --store {typo}: no store there (nothing was ever written to it); run a sweep first "
+                        f"(stepscope run SPEC --store {typo}), or point --store or STEPSCOPE_STORE at the store a "
+                        "sweep wrote to\n")
+
+
 def test_workloads_lists_every_parameter_with_defaults(cli_runner):
     out = cli_runner("workloads", "--format", "csv").output
     for line in ("resnet,depth,18|34|50|101,18,", "gpt,n_layer,int,2,", "common,precision,fp32|tf32|bf16|fp16|amp_bf16|amp_fp16,fp32,"):
@@ -121,3 +137,81 @@ def test_plan_refuses_a_custom_module_it_cannot_find(cli_runner, write_spec, tmp
     )
     ok = write_spec("name: fine\ngrid:\n  workload: ['workloads.mine:build']\n", name="fine.yaml")
     assert cli_runner("plan", ok).exit_code == 0
+
+
+# ---------------------------------------------------------------- peaks
+
+
+def plant_peaks(cache, entries):
+    """Write cache entries: (precision, median, min, max, days ago) for a made-up CPU node."""
+    import datetime as dt
+
+    from stepscope.workloads.measure import peaks
+
+    now = dt.datetime.now(dt.timezone.utc)
+    data = {}
+    for precision, med, lo, hi, days in entries:
+        key = peaks.cache_key("node-a", "Some CPU", None, precision, "2.13.0", {"num_threads": 4, "cpu_affinity": 8})
+        data[key] = {"format": peaks.CACHE_FORMAT, "tflops": med, "min_tflops": lo, "max_tflops": hi, "samples": 12,
+                     "measured_at": (now - dt.timedelta(days=days)).isoformat(timespec="seconds")}
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / peaks.CACHE_FILE).write_text(json.dumps(data))
+    return cache / peaks.CACHE_FILE
+
+
+def test_peaks_lists_the_cache_with_age_state_and_spread(cli_runner, tmp_path):
+    import csv
+    import io
+
+    plant_peaks(tmp_path, [("fp32", 0.5, 0.4, 0.55, 2), ("bf16", 1.25, 1.0, 1.3, 9.5)])
+    r = cli_runner("peaks", "--format", "csv", env={"STEPSCOPE_CACHE_DIR": str(tmp_path),
+                                                     "STEPSCOPE_PEAK_MAX_AGE_DAYS": None})
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    got = {row["precision"]: row for row in rows}
+    assert set(got) == {"fp32", "bf16"}
+    assert got["fp32"]["host"] == "node-a" and got["fp32"]["device"] == "Some CPU"
+    assert got["fp32"]["conditions"] == "cpu_affinity=8, num_threads=4"
+    assert float(got["fp32"]["age_days"]) == pytest.approx(2, abs=1e-3)
+    assert float(got["bf16"]["age_days"]) == pytest.approx(9.5, abs=1e-3)
+    assert (got["fp32"]["state"], got["bf16"]["state"]) == ("fresh", "expired")  # the limit is 7 days
+    assert float(got["fp32"]["spread_pct"]) == round((0.55 - 0.4) / 0.5 * 100, 1)  # 30.0
+    assert float(got["bf16"]["spread_pct"]) == round((1.3 - 1.0) / 1.25 * 100, 1)  # 24.0
+    assert float(got["bf16"]["tflops"]) == 1.25 and got["bf16"]["samples"] == "12"
+    js = json.loads(cli_runner("peaks", "--format", "json", env={"STEPSCOPE_CACHE_DIR": str(tmp_path)}).output)
+    assert [row["precision"] for row in js] == ["fp32", "bf16"] and js[0]["tflops"] == 0.5
+
+
+def test_peaks_refresh_measures_on_this_node_and_clear_empties(cli_runner, tmp_path):
+    env = {"STEPSCOPE_CACHE_DIR": str(tmp_path)}
+    r = cli_runner("peaks", "--refresh", "--device", "cpu", "--precision", "bf16", "--precision", "amp_bf16",
+                   "--format", "json", env=env)
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads(r.output)  # amp_bf16 is the bf16 measurement: measured once
+    (record,) = json.loads((tmp_path / "matmul_peaks.json").read_text()).values()
+    assert row["precision"] == record["precision"] == "bf16" and row["state"] == "fresh"
+    assert row["tflops"] == round(record["tflops"], 4) and row["age_days"] < 0.001
+    listed = json.loads(cli_runner("peaks", "--format", "json", env=env).output)
+    assert [(x["precision"], x["tflops"]) for x in listed] == [("bf16", row["tflops"])]
+    r = cli_runner("peaks", "--clear", env=env)
+    assert r.exit_code == 0 and r.output == f"Removed 1 measured peak from {tmp_path}.\n"
+    assert not (tmp_path / "matmul_peaks.json").exists()
+    assert cli_runner("peaks", "--format", "csv", env=env).output.splitlines()[1:] == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--refresh", "--clear"), "Error: give --refresh or --clear, not both"),
+    (("--device", "cpu"), "Error: --device and --precision go with --refresh"),
+    (("--precision", "fp32"), "Error: --device and --precision go with --refresh"),
+])
+def test_peaks_usage_errors(cli_runner, tmp_path, args, message):
+    r = cli_runner("peaks", *args, env={"STEPSCOPE_CACHE_DIR": str(tmp_path)})
+    assert r.exit_code == 2 and r.stderr.splitlines()[-1] == message
+
+
+def test_peaks_with_a_bad_age_limit_is_one_line(cli_runner, tmp_path):
+    plant_peaks(tmp_path, [("fp32", 0.5, 0.4, 0.55, 2)])
+    r = cli_runner("peaks", env={"STEPSCOPE_CACHE_DIR": str(tmp_path), "STEPSCOPE_PEAK_MAX_AGE_DAYS": "a week"})
+    assert r.exit_code == 2
+    assert r.stderr == ("Error: STEPSCOPE_PEAK_MAX_AGE_DAYS: 'a week' is not a number of days of 0 or more "
+                        "(e.g. 7, 0.5, or inf)\n")

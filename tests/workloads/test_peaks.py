@@ -282,7 +282,9 @@ def test_cpu_peak_is_measured_for_long_enough_then_read_from_the_cache(tmp_path,
     key, record = only_entry(tmp_path)
     assert record["tflops"] == first > 0 and record["format"] == peaks.CACHE_FORMAT
     assert record["min_tflops"] <= first <= record["max_tflops"]
-    assert record["samples"] >= peaks.MIN_KEPT and record["discarded"] >= 1
+    # MIN_KEPT batches, unless a loaded machine made them so slow that MAX_FACTOR * CPU_MIN_S ran
+    # out first (the rule itself is pinned on scripted batch times above).
+    assert record["samples"] >= 1 and record["discarded"] >= 1
     assert record["duration_s"] >= 0.5 * peaks.CPU_MIN_S  # the kept batches: most of the run, not a burst
     assert key["num_threads"] == torch.get_num_threads() and key["cpu_affinity"] == len(os.sched_getaffinity(0))
     assert (key["precision"], key["torch"], key["host"]) == ("fp32", str(torch.__version__), socket.gethostname())

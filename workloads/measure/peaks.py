@@ -23,13 +23,17 @@ the whole board its MFU would read 108 / 14 = 7.7x low.
 enough to reach steady clocks, and caches the median per node and per every
 condition that changes it (threads and CPU affinity on a CPU; the power limit,
 clocks and MIG slice on a GPU), as a peak the hardware demonstrably reaches, to
-set beside the datasheet's.
+set beside the datasheet's. A cached figure is revalidated: it expires after
+`peak_max_age_s` (7 days, $STEPSCOPE_PEAK_MAX_AGE_DAYS), and `checked_matmul_peak`
+measures it again when a step ran faster than it allows (`CachedPeak.tolerance`),
+flagging a rate that stays above it (`PeakCheck.flag`).
 
 Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -501,11 +505,95 @@ class MeasuredPeak:
     reps: int  # matmuls per batch
 
 
+# Revalidation. A cached figure expires after MAX_AGE_DAYS: the key holds what a process can
+# read (torch, threads, affinity, power limit, clocks), not what changes under it (a driver,
+# firmware, BIOS or microcode update, the CPU governor, a machine busy while the figure was
+# taken), which changes on the scale of maintenance windows, commonly weekly. One measurement
+# costs CPU_MIN_S (0.3 s) per precision on a CPU and CUDA_MIN_S (2 s) on a GPU, so once a week
+# per key is negligible, and a figure taken on a busy machine lives a week at most even if no
+# step ever runs faster than it. A choice, not a measured constant; $STEPSCOPE_PEAK_MAX_AGE_DAYS
+# sets it (0: measure on every read; inf: never expire).
+MAX_AGE_ENV = "STEPSCOPE_PEAK_MAX_AGE_DAYS"
+MAX_AGE_DAYS = 7.0
+# A step may run above the median batch rate up to the best batch (it is what the device
+# demonstrably reached): the tolerance is max / median - 1, capped at TOLERANCE_CAP, since a
+# figure whose best batch is more than 10% above its median was timed under varying load or
+# clocks and bounds nothing tightly. A choice, not a measured constant.
+TOLERANCE_CAP = 0.10
+# A figure measured less than REMEASURE_AFTER_S ago is not measured again because a step ran
+# above it (it is as fresh as a figure gets; the step's FLOP count is the suspect): this bounds
+# the cost of a workload whose count is wrong to one measurement per key per 5 minutes.
+REMEASURE_AFTER_S = 300.0
+
+#: `PeakCheck.flag` (the trials' `mfu_flag`), most serious first.
+FLAG_ABOVE_DATASHEET = "above_datasheet_peak"  # above the datasheet peak: the FLOP count or the variant is wrong
+FLAG_ABOVE_MEASURED = "above_measured_peak"  # above the measured peak by more than its tolerance, re-measured or fresh
+FLAG_WITHIN_TOLERANCE = "within_peak_tolerance"  # above the measured median, within its batches' spread
+FLAG_REMEASURED = "measured_peak_remeasured"  # the cached figure was below the step's rate; measured again, now fine
+FLAGS = (FLAG_ABOVE_DATASHEET, FLAG_ABOVE_MEASURED, FLAG_WITHIN_TOLERANCE, FLAG_REMEASURED)
+#: The precisions a plain torch.matmul can be timed in (the datasheet rows but fp8).
+MEASURABLE = ("fp32", "tf32", "bf16", "fp16")
+
+
+def peak_max_age_s() -> float:
+    """Seconds a cached measured peak stays valid: $STEPSCOPE_PEAK_MAX_AGE_DAYS (a number of
+    days, 0 or more; `inf` never expires) times 86,400, else MAX_AGE_DAYS (7). Raises
+    PeakError for anything else, naming the variable."""
+    text = os.environ.get(MAX_AGE_ENV, "").strip()
+    if not text:
+        return MAX_AGE_DAYS * 86400.0
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not days >= 0:  # NaN and negatives
+        raise PeakError(f"{MAX_AGE_ENV}: {text!r} is not a number of days of 0 or more (e.g. 7, 0.5, or inf)")
+    return days * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPeak:
+    """One measured matmul peak, as the cache holds it.
+
+    `tflops` is the median batch rate (TFLOP/s), `min_tflops`/`max_tflops` the slowest
+    and fastest kept batches'. `age_s`: seconds since `measured_at` (UTC ISO 8601), inf
+    where the entry does not say when it was measured. `measured_now`: this call
+    measured it (a new key, `refresh`, or an expired entry), else it was read."""
+
+    key: dict[str, Any]  # `cache_key`'s fields: host, device, uuid, precision, torch, conditions
+    tflops: float
+    min_tflops: float
+    max_tflops: float
+    samples: int | None
+    measured_at: str | None
+    age_s: float
+    measured_now: bool = False
+
+    @property
+    def tolerance(self) -> float:
+        """How far above the median a step may run, as a fraction: max / median - 1 (the
+        fastest batch was reached), 0 or more, at most TOLERANCE_CAP."""
+        return min(max(self.max_tflops / self.tflops - 1.0, 0.0), TOLERANCE_CAP)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the kept batches' rates, a fraction."""
+        return (self.max_tflops - self.min_tflops) / self.tflops
+
+
 def measured_matmul_peak(
     device: Any, precision: str, cache_dir: str | os.PathLike, *, refresh: bool = False, torch_module: Any = None,
     nvml: Any = None,
 ) -> float:
-    """Dense matmul TFLOP/s this device reaches in `precision`, measured once per node and condition.
+    """Dense matmul TFLOP/s this device reaches in `precision`: `matmul_peak(...).tflops`."""
+    return matmul_peak(device, precision, cache_dir, refresh=refresh, torch_module=torch_module, nvml=nvml).tflops
+
+
+def matmul_peak(
+    device: Any, precision: str, cache_dir: str | os.PathLike, *, refresh: bool = False, torch_module: Any = None,
+    nvml: Any = None, max_age_s: float | None = None,
+) -> CachedPeak:
+    """The dense matmul peak this device reaches in `precision`, measured once per node and condition.
 
     The median of `measure_matmul_peak`'s batches, cached in
     `cache_dir`/matmul_peaks.json under everything that changes it
@@ -513,12 +601,15 @@ def measured_matmul_peak(
     torch version; on a CPU torch's thread count and the CPU affinity size; on a
     GPU the enforced power limit and the application and maximum clocks NVML
     reports (None where NVML cannot say). A second call under the same key reads
-    the cache; `refresh=True` measures again. `nvml`: pynvml or a stand-in.
-    Raises PeakError for fp8 (no plain torch.matmul) or an unknown precision.
+    the cache unless the entry is older than `max_age_s` (default `peak_max_age_s()`,
+    7 days); `refresh=True` measures again. `nvml`: pynvml or a stand-in.
+    Raises PeakError for fp8 (no plain torch.matmul), an unknown precision or a bad
+    $STEPSCOPE_PEAK_MAX_AGE_DAYS.
     """
     p = canonical_precision(precision)
     if p == "fp8":
         raise PeakError("precision: fp8 has no plain torch.matmul; measure it with a scaled-mm benchmark")
+    max_age_s = peak_max_age_s() if max_age_s is None else max_age_s
     torch = torch_module
     if torch is None:
         import torch
@@ -528,8 +619,8 @@ def measured_matmul_peak(
     key = cache_key(socket.gethostname(), name, uuid, p, str(torch.__version__), conditions)
     path = Path(cache_dir) / CACHE_FILE
     if not refresh:
-        hit = _entry(_read_cache(path).get(key))
-        if hit is not None:
+        hit = _cached(key, _read_cache(path).get(key))
+        if hit is not None and hit.age_s <= max_age_s:
             return hit
 
     m = _measure(torch, dev, p)
@@ -538,10 +629,156 @@ def measured_matmul_peak(
         "format": CACHE_FORMAT, "tflops": m.tflops, "min_tflops": m.min_tflops, "max_tflops": m.max_tflops,
         "samples": m.samples, "discarded": m.discarded, "duration_s": m.duration_s, "n": m.n, "reps": m.reps,
         "device": name, "precision": p, "conditions": conditions,
-        "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": _now().isoformat(timespec="seconds"),
     }
     _write_cache(path, cache)
-    return m.tflops
+    return dataclasses.replace(_cached(key, cache[key]), measured_now=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PeakCheck:
+    """`checked_matmul_peak`'s answer: the peak to divide by, and why a rate is flagged."""
+
+    peak: CachedPeak
+    flag: str | None  # one of FLAGS (a FLAG_ABOVE_DATASHEET aside, which `flag_rates` adds), or None
+    remeasured: bool  # measured again because the rate was above the cached figure
+
+
+def checked_matmul_peak(device: Any, precision: str, cache_dir: str | os.PathLike, rate_tflops: float | None, *,
+                        torch_module: Any = None, nvml: Any = None) -> PeakCheck:
+    """The measured peak (`matmul_peak`) to divide `rate_tflops` (the step's achieved
+    TFLOP/s, hardware FLOPs: what ran) by, revalidated against it.
+
+    A rate above the figure by more than its tolerance (`CachedPeak.tolerance`) means
+    the figure is too low (timed on a busy machine, before a driver update...): unless
+    it was measured less than REMEASURE_AFTER_S ago, it is measured again and the cache
+    updated (flag FLAG_REMEASURED). A rate still above it gets FLAG_ABOVE_MEASURED, one
+    above the median within the tolerance FLAG_WITHIN_TOLERANCE. Raises as `matmul_peak`.
+    """
+    peak = matmul_peak(device, precision, cache_dir, torch_module=torch_module, nvml=nvml)
+    remeasured = False
+    if _beyond(rate_tflops, peak) and not peak.measured_now and peak.age_s >= REMEASURE_AFTER_S:
+        peak = matmul_peak(device, precision, cache_dir, refresh=True, torch_module=torch_module, nvml=nvml)
+        remeasured = True
+    if _beyond(rate_tflops, peak):
+        flag = FLAG_ABOVE_MEASURED
+    elif rate_tflops is not None and rate_tflops > peak.tflops:
+        flag = FLAG_WITHIN_TOLERANCE
+    else:
+        flag = FLAG_REMEASURED if remeasured else None
+    return PeakCheck(peak, flag, remeasured)
+
+
+def _beyond(rate_tflops: float | None, peak: CachedPeak) -> bool:
+    return rate_tflops is not None and rate_tflops > peak.tflops * (1.0 + peak.tolerance)
+
+
+def flag_rates(measured_flag: str | None, datasheet_shares: tuple[float | None, ...]) -> str | None:
+    """The one flag of a trial's MFU/HFU: FLAG_ABOVE_DATASHEET when a share of the datasheet
+    peak is above 1 (a datasheet figure has no tolerance: the count or the variant is wrong),
+    else `measured_flag` (`PeakCheck.flag`)."""
+    if any(s is not None and s > 1.0 for s in datasheet_shares):
+        return FLAG_ABOVE_DATASHEET
+    return measured_flag
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _age_s(measured_at: Any, now: dt.datetime) -> float:
+    """Seconds since an ISO 8601 time; inf for a missing or unreadable one, 0 for a future one."""
+    try:
+        when = dt.datetime.fromisoformat(measured_at)
+    except (TypeError, ValueError):
+        return math.inf
+    if when.tzinfo is None:  # written as UTC; an entry without an offset is read as UTC
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max((now - when).total_seconds(), 0.0)
+
+
+def _cached(key: str, record: Any, now: dt.datetime | None = None) -> CachedPeak | None:
+    """A cache entry of this format as a CachedPeak, or None for anything else."""
+    value = _entry(record)
+    if value is None:
+        return None
+    lo, hi = _positive(record.get("min_tflops")), _positive(record.get("max_tflops"))
+    samples = record.get("samples")
+    return CachedPeak(
+        key=_key_fields(key), tflops=value, min_tflops=min(lo or value, value), max_tflops=max(hi or value, value),
+        samples=samples if isinstance(samples, int) and not isinstance(samples, bool) else None,
+        measured_at=record.get("measured_at") if isinstance(record.get("measured_at"), str) else None,
+        age_s=_age_s(record.get("measured_at"), now or _now()),
+    )
+
+
+def _positive(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+def _key_fields(key: str) -> dict[str, Any]:
+    """A key's fields (format aside); {} for a key that is not a JSON object (format 1)."""
+    try:
+        fields = json.loads(key)
+    except ValueError:
+        return {}
+    return {k: v for k, v in fields.items() if k != "format"} if isinstance(fields, dict) else {}
+
+
+# ---------------------------------------------------------------- the cache, for `stepscope peaks`
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One entry of the cache file as `stepscope peaks` lists it. `state`: `fresh` (read
+    for a trial), `expired` (older than the age limit: measured again when next read), or
+    `other_format` (written by another stepscope version or damaged: never read here)."""
+
+    key: dict[str, Any]
+    format: int | None
+    state: str
+    peak: CachedPeak | None  # None for other_format
+
+
+def cache_entries(cache_dir: str | os.PathLike, *, max_age_s: float | None = None) -> list[CacheEntry]:
+    """Every entry of `cache_dir`/matmul_peaks.json, in file order; [] without a file.
+    Raises PeakError for a bad $STEPSCOPE_PEAK_MAX_AGE_DAYS."""
+    max_age_s = peak_max_age_s() if max_age_s is None else max_age_s
+    now, out = _now(), []
+    for key, record in _read_cache(Path(cache_dir) / CACHE_FILE).items():
+        peak = _cached(key, record, now)
+        fmt = record.get("format") if isinstance(record, dict) else None
+        state = "other_format" if peak is None else ("expired" if peak.age_s > max_age_s else "fresh")
+        out.append(CacheEntry(_key_fields(key), fmt if isinstance(fmt, int) else None, state, peak))
+    return out
+
+
+def clear_cache(cache_dir: str | os.PathLike) -> int:
+    """Remove `cache_dir`/matmul_peaks.json; the number of entries it held (0 without one)."""
+    path = Path(cache_dir) / CACHE_FILE
+    held = len(_read_cache(path))
+    path.unlink(missing_ok=True)
+    return held
+
+
+def refresh_peaks(device: str | None, precisions: tuple[str, ...], cache_dir: str | os.PathLike, *,
+                  torch_module: Any = None) -> list[CachedPeak]:
+    """Measure the matmul peak of `device` (`cpu`, `cuda`, or None: cuda where torch sees
+    one, else cpu; cuda is its current device) in each of `precisions` (aliases measured
+    once) again, replacing their cache entries. Raises PeakError for cuda on a node
+    without one, or a precision that cannot be measured."""
+    torch = torch_module
+    if torch is None:
+        import torch
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PeakError("device: torch sees no CUDA device on this node; use --device cpu")
+    out = []
+    for p in dict.fromkeys(canonical_precision(x) for x in precisions):
+        out.append(matmul_peak(device, p, cache_dir, refresh=True, torch_module=torch))
+    return out
 
 
 def cache_key(host: str, name: str, uuid: str | None, precision: str, torch_version: str,

@@ -95,6 +95,7 @@ class Work:
     mfu_measured: float | None = None  # achieved / measured peak
     hfu_datasheet: float | None = None  # achieved_hardware / datasheet peak
     hfu_measured: float | None = None  # achieved_hardware / measured peak
+    mfu_flag: str | None = None  # why an MFU/HFU may be above 1, or the peak was re-measured (peaks.FLAGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,7 @@ class Measured:
     measured_wall_s: float | None = None
     final_loss: float | None = None
     nonfinite: Nonfinite | None = None  # the first step whose loss was NaN or ±Inf (`trials.nonfinite_step`)
+    unused_params: str | None = None  # a custom workload's spec keys it never read, comma-separated
     device_read: int = 0  # steps whose device readings are in (all of them once the loop is done)
     facts: DeviceFacts | None = None
     work: Work = field(default_factory=Work)

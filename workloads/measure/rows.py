@@ -71,6 +71,7 @@ def trial_row(trial: Trial, sweep_id: str, m: Measured, status: TrialStatus, err
         "samples_per_s": samples_per_s,
         "final_loss": m.final_loss,
         "nonfinite_step": m.nonfinite.iteration if m.nonfinite is not None else None,
+        "unused_params": m.unused_params,
         **dataclasses.asdict(m.work),
         **dataclasses.asdict(m.mem),
         **dataclasses.asdict(m.samples),

@@ -29,7 +29,8 @@ from stepscope.workloads.measure.precision import Precision
 from stepscope.workloads.measure.records import Measured
 from stepscope.workloads.measure.sampler import NvmlSampler
 from stepscope.workloads.measure.timing import make_timer
-from stepscope.workloads.registry import load_builder
+from stepscope.workloads.params import COMMON_BY_NAME
+from stepscope.workloads.registry import is_custom, load_builder
 from stepscope.workloads.storage.schema import PHASES, TrialStatus
 from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
@@ -104,7 +105,8 @@ def _run(trial: Trial, out: Measured, search_paths: list[str]) -> None:
     if p["count_flops"]:
         # Untimed, before anything is built or seeded for the trial (it leaves the RNG alone).
         out.work = utilization.count(builder, p)
-    workload = builder(dict(p))
+    given = ReadTracker(p)
+    workload = builder(given)
     if not isinstance(workload, Workload):
         raise TypeError(f"{p['workload']} returned {type(workload).__name__}, not a stepscope.Workload")
     model = workload.model
@@ -131,9 +133,70 @@ def _run(trial: Trial, out: Measured, search_paths: list[str]) -> None:
     else:
         optimizer = make_optimizer(torch, p["optimizer"], params, p["lr"], p.get("eps"))
     _loop(torch, trial, workload, model, optimizer, device, precision, out)
+    if is_custom(p["workload"]):
+        # After the loop: a closure of the workload's may read a parameter only when it runs.
+        out.unused_params = ",".join(given.unread(set(p) - set(COMMON_BY_NAME))) or None
     if p["count_flops"]:
         steps = len(out.device_ms) - p["warmup"]
         out.work = utilization.rates(torch, device, p["precision"], out.work, out.measured_wall_s, steps, out.facts)
+
+
+class ReadTracker(dict):
+    """The parameters a builder gets: a dict that remembers which keys were read, so that a
+    spec key the workload never reads (a typo, `seq_lne` for `seq_len`) can be named.
+    Any access that hands out every key (iteration, `**params`, `.items()`) counts as
+    reading them all."""
+
+    def __init__(self, params: dict) -> None:
+        super().__init__(params)
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def pop(self, key, *default):
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+    def _all(self) -> None:
+        self.read.update(super().keys())
+
+    def __iter__(self):
+        self._all()
+        return super().__iter__()
+
+    def keys(self):
+        self._all()
+        return super().keys()
+
+    def items(self):
+        self._all()
+        return super().items()
+
+    def values(self):
+        self._all()
+        return super().values()
+
+    def copy(self) -> dict:
+        self._all()
+        return dict(super().items())
+
+    def unread(self, keys: set) -> list:
+        """Of `keys`, those never read, sorted."""
+        return sorted(k for k in keys if k not in self.read)
 
 
 def make_optimizer(torch: Any, name: str, params: list, lr: float, eps: float | None = None) -> Any:

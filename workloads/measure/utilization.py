@@ -62,7 +62,11 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
     """`work` with its rates over the measured steps (`wall_s` seconds for `steps` steps)
     filled in: achieved model and hardware TFLOP/s (10^12 FLOP/s), and MFU and HFU
     (fractions) against both peaks, the datasheet's (CUDA only) and the measured one.
-    A rate is None where its FLOPs, the time or its peak is missing."""
+    A rate is None where its FLOPs, the time or its peak is missing. The measured peak
+    is revalidated against the step's rate (`peaks.checked_matmul_peak`: re-measured
+    when the step beat it); `mfu_flag` names why a share may be above 1, or says the
+    peak was measured again (`peaks.FLAGS`); None when neither. Shares are stored as
+    computed, never clipped."""
     from stepscope.workloads.measure import peaks
 
     variant = sheet = measured = None
@@ -74,13 +78,18 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
             dp = None
         variant = dp.variant if dp is not None else peaks.device_variant(facts)
         sheet = dp.tflops if dp is not None else None
-    try:
-        measured = peaks.measured_matmul_peak(device, precision, cache_dir(), torch_module=torch)
-    except Exception:  # e.g. a precision this device cannot multiply in
-        measured = None
     model = (work.flops_forward or 0) + (work.flops_backward or 0)
     achieved = _tflops(model, wall_s, steps)
     hardware = _tflops(model + (work.flops_recompute or 0), wall_s, steps)
+    measured = measured_flag = None
+    try:
+        # Checked against what ran (hardware FLOPs, >= model FLOPs): a cached figure below the
+        # step's rate is measured again; one the step still beats is flagged.
+        check = peaks.checked_matmul_peak(device, precision, cache_dir(), hardware, torch_module=torch)
+        measured, measured_flag = check.peak.tflops, check.flag
+    except Exception:  # e.g. a precision this device cannot multiply in
+        pass
+    mfu_sheet, hfu_sheet = _share(achieved, sheet), _share(hardware, sheet)
     return dataclasses.replace(
         work,
         gpu_variant=variant,
@@ -88,10 +97,11 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
         peak_tflops_measured=measured,
         achieved_tflops=achieved,
         achieved_hardware_tflops=hardware,
-        mfu_datasheet=_share(achieved, sheet),
+        mfu_datasheet=mfu_sheet,
         mfu_measured=_share(achieved, measured),
-        hfu_datasheet=_share(hardware, sheet),
+        hfu_datasheet=hfu_sheet,
         hfu_measured=_share(hardware, measured),
+        mfu_flag=peaks.flag_rates(measured_flag, (mfu_sheet, hfu_sheet)),
     )
 
 

@@ -134,6 +134,8 @@ TRIALS = pa.schema(
         pa.field("final_loss", pa.float64()),
         # First iteration (as steps.iteration, warmup included) whose loss was NaN or ±Inf; null if none was.
         pa.field("nonfinite_step", pa.int32()),
+        # A custom workload's own spec keys that it never read (a typo?), comma-separated; null if none.
+        pa.field("unused_params", pa.string()),
         # Work and utilisation, counted in a separate untimed pass (stepscope.workloads.measure.flops).
         # Model FLOPs = forward + backward (MFU), hardware FLOPs = model + recompute (HFU): PaLM appendix B.
         pa.field("flops_forward", pa.int64()),  # forward + loss, one step, whole batch
@@ -152,6 +154,10 @@ TRIALS = pa.schema(
         pa.field("mfu_measured", pa.float64()),  # achieved_tflops / peak_tflops_measured
         pa.field("hfu_datasheet", pa.float64()),  # achieved_hardware_tflops / peak_tflops_datasheet
         pa.field("hfu_measured", pa.float64()),  # achieved_hardware_tflops / peak_tflops_measured
+        # Why a share may read above 1, or that the cached measured peak was too low and was measured again
+        # (stepscope.workloads.measure.peaks.FLAGS): above_datasheet_peak, above_measured_peak,
+        # within_peak_tolerance, measured_peak_remeasured; null when none applies.
+        pa.field("mfu_flag", pa.string()),
         # Memory, measured from the tensors (stepscope.workloads.measure.memory).
         pa.field("param_bytes", pa.int64()),
         pa.field("grad_bytes", pa.int64()),
