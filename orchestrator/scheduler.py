@@ -437,8 +437,10 @@ def _remote_trial(trial: Trial, sweep_id: str, store: Store, paths: list[str], a
     import ray
 
     node_id = ray.get_runtime_context().get_node_id()
+    node = next((n for n in cluster.alive_nodes(ray) if n.node_id == node_id), None)
     args = (trial, sweep_id, store)
-    kwargs = {"search_paths": paths, "node_id": node_id, "attempt": attempt}
+    kwargs = {"search_paths": paths, "node_id": node_id, "attempt": attempt,
+              "gpu_model": node.gpu_type if node is not None else None}
     if fresh:
         row = forkserver.call_in_fresh_process(PRELOAD, run_trial, *args, **kwargs)
     else:

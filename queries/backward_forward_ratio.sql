@@ -8,7 +8,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials (ok trials pooled), steps (measured steps), forward_ms, backward_ms,
 --   ratio (backward_ms / forward_ms)
 

@@ -21,7 +21,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, precision, gpu, device_name, series, batch_size, trials,
+-- columns: sweep_id, workload, precision, gpu_model, device_name, series, batch_size, trials,
 --   samples_per_s_p50 (of the median step), samples_per_s (wall clock), step_ms_p50,
 --   step_ms_p10, step_ms_p90, unstable, throughput_x, efficiency_pct, activation_mib,
 --   peak_mib, memory_x

@@ -16,8 +16,11 @@
 -- figures to compare, nor has a nonfinite one: its loss went NaN or ±Inf, so it
 -- timed a diverged run): every column of trials, and `config`, the configuration
 -- key. A configuration is every parameter but the seed (config_id: depths,
--- sequence lengths and a custom workload's own keys count too), on one GPU type
--- and device, in one sweep; workload, batch_size, precision and optimizer are
+-- sequence lengths and a custom workload's own keys count too), on one GPU model
+-- and device, in one sweep. The GPU model is the node's (`gpu_model`: what the
+-- board is, whatever name the spec asked for it by, so `gpus: [A100]` and
+-- `gpus: each` group one board together), else the requested type (`gpu`: a
+-- `stepscope trial --gpu`, outside Ray); workload, batch_size, precision and optimizer are
 -- there to be read. The key is one struct so that a query groups, partitions,
 -- joins and orders by it whole (field by field, nulls last, as ordering by the
 -- columns would) and spreads it into columns with `config.*`: a new key column
@@ -25,7 +28,8 @@
 create or replace view ok_trials as
 select
     *,
-    struct_pack(sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name) as config
+    struct_pack(sweep_id, workload, batch_size, precision, optimizer, config_id,
+                gpu_model := coalesce(gpu_model, gpu), device_name) as config
 from trials
 where status = 'ok';
 
@@ -222,7 +226,7 @@ pooled as (
     group by t.config
 )
 
--- The key's gpu is null for `gpus: any`: a struct compares equal field by field,
+-- The key's gpu_model is null on a CPU with `gpus: any`: a struct compares equal field by field,
 -- nulls included, so the join keeps those configurations.
 select
     f.config,

@@ -20,7 +20,7 @@
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 -- param: threshold = 0.9  (host/device ratio of forward+loss+backward from which a configuration is launch bound)
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials, steps, step_ms_p50 (device, phases summed), unstable, gap_ms, idle_pct,
 --   compute_device_ms, compute_host_ms (forward+loss+backward), host_device_ratio, launch_bound
 

@@ -17,7 +17,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials, param_mib, grad_mib, optimizer_state_mib, activation_mib, autocast_weight_mib, peak_allocated_mib,
 --   peak_reserved_mib, peak_phase, peak_rss_mib, cuda_context_mib, non_torch_mib,
 --   nvml_memory_scope, device_memory_mib, used_pct, alloc_retries

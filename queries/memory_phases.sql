@@ -12,7 +12,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   phase_index, phase, peak_allocated_mib, peak_reserved_mib, peak_rss_mib, alloc_retries, used_pct
 
 with

@@ -10,7 +10,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   phase_index, phase, trials (ok trials pooled), steps (measured steps),
 --   median_ms (duration_ms), median_host_ms, share_pct
 

@@ -28,7 +28,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu, device_name,
+-- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials (ok trials), steps (whole measured steps, pooled), step_ms_p50, step_ms_p10,
 --   step_ms_p90, step_ms_cv, outlier_steps, unstable, samples_per_s_p50 (of the median step),
 --   samples_per_s (wall clock, median over trials), phases_ms (sum of phase medians),
@@ -71,7 +71,7 @@ per_config as (
     group by config
 ),
 
--- The key's gpu is null for `gpus: any`: a struct compares equal field by field,
+-- The key's gpu_model is null on a CPU with `gpus: any`: a struct compares equal field by field,
 -- nulls included, so the join keeps those configurations.
 with_stats as (
     select *

@@ -19,7 +19,7 @@
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, trial_index, trial_id, repeat, status, error, workload,
---   batch_size, precision, optimizer, config_id, gpu, device_kind, device_name, host,
+--   batch_size, precision, optimizer, config_id, gpu, gpu_model, device_kind, device_name, host,
 --   steps (whole measured steps), step_ms_p50, step_ms_p10, step_ms_p90, step_ms_cv,
 --   outlier_steps, unstable, samples_per_s_p50 (of the median step),
 --   samples_per_s (wall clock), model_to_device_ms, param_count
@@ -54,6 +54,7 @@ final as (
         t.optimizer,
         t.config_id,
         t.gpu,
+        t.gpu_model,
         t.device_kind,
         t.device_name,
         t.host,

@@ -22,7 +22,7 @@
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
--- columns: sweep_id, workload, batch_size, precision, config_id, gpu, gpu_variant,
+-- columns: sweep_id, workload, batch_size, precision, config_id, gpu_model, gpu_variant,
 --   device_name, gflops_per_step, recompute_gflops_per_step, step_tflops,
 --   hardware_step_tflops, forward_tflops, backward_tflops, peak_tflops_datasheet,
 --   peak_tflops_measured, mfu_datasheet, mfu_measured, hfu_datasheet, hfu_measured,
@@ -117,7 +117,7 @@ final as (
         mfu_flags
     from per_config
     order by
-        config.sweep_id, config.workload, config.batch_size, config.precision, config.config_id, config.gpu,
+        config.sweep_id, config.workload, config.batch_size, config.precision, config.config_id, config.gpu_model,
         config.device_name
 )
 

@@ -56,6 +56,7 @@ select
     cast(params as varchar) as params,
     cast(config_id as varchar) as config_id,
     cast(gpu as varchar) as gpu,
+    cast(gpu_model as varchar) as gpu_model,
     cast(device_kind as varchar) as device_kind,
     cast(device_name as varchar) as device_name,
     cast(device_index as integer) as device_index,

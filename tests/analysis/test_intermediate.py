@@ -25,7 +25,7 @@ def test_ok_trials_carry_their_configuration_key(store, write):
             "ok",
             {
                 "sweep_id": "s1", "workload": "mlp", "batch_size": 32, "precision": "fp32",
-                "optimizer": "sgd", "config_id": "c-mlp", "gpu": "H100", "device_name": "cpu",
+                "optimizer": "sgd", "config_id": "c-mlp", "gpu_model": "H100", "device_name": "cpu",
             },
         )
     ]  # fmt: skip
@@ -46,11 +46,11 @@ def test_measured_steps_are_the_non_warmup_steps_of_ok_trials(store, write):
 def test_a_new_key_column_is_one_edit(store, write, monkeypatch):
     """Add `host` to the key in intermediate.sql alone: every per-configuration query then
     shows it and keeps two trials that differ only by host apart."""
-    key = "gpu, device_name) as config"
+    key = "gpu_model := coalesce(gpu_model, gpu), device_name) as config"
     sql = queries.views_sql()
     assert sql.count(key) == 1, f"queries/{queries.INTERMEDIATE_FILE}: the configuration key moved"
     monkeypatch.setattr(
-        warehouse, "views_sql", lambda: sql.replace(key, "gpu, device_name, host) as config")
+        warehouse, "views_sql", lambda: sql.replace(key, "gpu_model := coalesce(gpu_model, gpu), device_name, host) as config")
     )
     write.sweep("s1")
     for i, host in enumerate(("node-a", "node-b")):
@@ -74,3 +74,19 @@ def test_a_new_key_column_is_one_edit(store, write, monkeypatch):
         hosts = [row[columns.index("host")] for row in rows]
         assert sorted(set(hosts)) == ["node-a", "node-b"], query.name
         assert hosts.count("node-a") == hosts.count("node-b"), query.name
+
+
+def test_one_board_asked_for_by_two_names_is_one_configuration(store, write):
+    """`gpus: [A100]` and `gpus: each` name the same node A100 and A100-SXM4-40GB: trials.gpu
+    keeps what was asked, gpu_model what the node is, and the queries group by the latter."""
+    write.sweep("s1")
+    for i, asked in enumerate(("A100", "A100-SXM4-40GB")):
+        write.trial("s1", f"t{i}", {"forward": [2.0, 2.0]}, trial_index=i, gpu=asked, gpu_model="A100-SXM4-40GB")
+    con = connect(store)
+    columns, rows = run_query(con, "phase_shares", {})
+    assert len(rows) == 1 and rows[0][columns.index("trials")] == 2
+    assert rows[0][columns.index("gpu_model")] == "A100-SXM4-40GB"
+    # Outside Ray (`stepscope trial --gpu`) there is no node: the requested type stands in.
+    write.trial("s1", "t2", {"forward": [2.0, 2.0]}, trial_index=2, gpu="H100")
+    columns, rows = run_query(connect(store), "phase_shares", {})
+    assert sorted(r[columns.index("gpu_model")] for r in rows) == ["A100-SXM4-40GB", "H100"]

@@ -165,7 +165,7 @@ def test_phase_breakdown_medians_and_shares(store, write):
         "precision": "fp32",
         "optimizer": "sgd",
         "config_id": "c-mlp",
-        "gpu": None,
+        "gpu_model": None,
         "device_name": "cpu",
         "phase_index": 0,
         "phase": "data",
@@ -196,7 +196,7 @@ def test_phase_shares_one_row_per_configuration(store, write):
     assert (first["step_ms_p50"], first["samples_per_s_p50"]) == (18.0, round(16 / 18 * 1000, 1))
     shares = [first[f"{p}_pct"] for p in STEP]
     assert shares == [5.6, 5.6, 22.2, 5.6, 44.4, 16.7]
-    assert second["step_ms_p50"] == 12.0 and second["forward_pct"] == 58.3 and second["gpu"] is None
+    assert second["step_ms_p50"] == 12.0 and second["forward_pct"] == 58.3 and second["gpu_model"] is None
 
 
 def test_phase_breakdown_pools_the_steps_of_repeats(store, write):

@@ -123,10 +123,12 @@ def test_coarse_and_precise_names_target_the_right_nodes(local_cluster, write_sp
     )
     stepscope("run", spec, "--address", local_cluster.address, "--store", "results", env=local_cluster.env, check_rc=0)
     types = node_types(local_cluster)
-    rows = q(tmp_path / "results", "select gpu, node_id from trials")
+    rows = q(tmp_path / "results", "select gpu, node_id, gpu_model from trials")
     assert sorted(r[0] for r in rows) == ["A100", "A100", "H100-SXM-80GB", "H100-SXM-80GB"]
-    for gpu, node_id in rows:
+    for gpu, node_id, model in rows:
         assert types[node_id] == (A100_NODE_TYPES if gpu == "A100" else H100_NODE_TYPES)
+        # Asked for by its coarse type or its precise label, the board is stored as what it is.
+        assert model == ("A100-SXM4-40GB" if gpu == "A100" else "H100-SXM-80GB")
 
 
 def test_unknown_gpu_type_lists_the_types_present(local_cluster, write_spec, stepscope, tmp_path):

@@ -32,7 +32,8 @@ def now() -> dt.datetime:
 
 
 def trial_row(trial: Trial, sweep_id: str, m: Measured, status: TrialStatus, error: str | None,
-              started: dt.datetime, node_id: str | None, attempt: int, *, pid: int | None = None) -> dict[str, Any]:
+              started: dt.datetime, node_id: str | None, attempt: int, *, pid: int | None = None,
+              gpu_model: str | None = None) -> dict[str, Any]:
     """The `trials` row. Throughput only for a trial whose loop ran to the end (`ok`, or
     `nonfinite`: its timings are whole, its loss is not): a partial loop has no rate."""
     p = trial.params
@@ -59,6 +60,7 @@ def trial_row(trial: Trial, sweep_id: str, m: Measured, status: TrialStatus, err
         "params": json.dumps(p, sort_keys=True),
         "config_id": trial.config_id,
         "gpu": trial.gpu,
+        "gpu_model": gpu_model,
         **facts,
         "node_id": node_id,
         "pid": pid,

@@ -46,9 +46,13 @@ def run_trial(
     *,
     search_paths: Iterable[str] = (),
     node_id: str | None = None,
+    gpu_model: str | None = None,
     attempt: int = 1,
 ) -> dict[str, Any]:
     """Run one trial in this process and write its rows (when `store` is given).
+
+    `node_id` and `gpu_model` say where Ray ran it: the node, and the node's GPU model
+    (`stepscope.orchestrator.cluster.Node.gpu_type`), stored whatever the spec asked for.
 
     Returns the `trials` row. Never raises for a problem of the trial itself;
     a failure to write the store does raise.
@@ -68,7 +72,8 @@ def run_trial(
         error = _describe_error(exc)
     if status is TrialStatus.OK and measured.nonfinite is not None:
         status, error = TrialStatus.NONFINITE, measured.nonfinite.describe(trial.params["warmup"])
-    trial_row = rows.trial_row(trial, sweep_id, measured, status, error, started, node_id, attempt, pid=os.getpid())
+    trial_row = rows.trial_row(trial, sweep_id, measured, status, error, started, node_id, attempt, pid=os.getpid(),
+                               gpu_model=gpu_model)
     if store is not None:
         device_rows = (
             [rows.device_row(measured.facts, sweep_id=sweep_id, trial_id=trial.trial_id, node_id=node_id,

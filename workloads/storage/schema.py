@@ -107,6 +107,9 @@ TRIALS = pa.schema(
         pa.field("params", pa.string(), nullable=False),  # JSON of every resolved parameter
         pa.field("config_id", pa.string(), nullable=False),  # hash of params but the seed: repeats share it
         pa.field("gpu", pa.string()),  # requested accelerator type, null for `any`
+        # The GPU model of the node the trial ran on, whatever the spec asked for: the node's
+        # `gpu_model:` label, else its Ray accelerator type; null outside Ray or on a CPU node.
+        pa.field("gpu_model", pa.string()),
         pa.field("device_kind", pa.string()),  # cuda | cpu (null if the trial died first)
         pa.field("device_name", pa.string()),
         pa.field("device_index", pa.int32()),
