@@ -15,7 +15,9 @@
 # GPU) plus `gpu_model:<LABEL>` = number of GPUs on the node.
 #
 # Driver: `stepscope run SPEC --address 127.0.0.1:$STEPSCOPE_LOCAL_PORT`, or
-# `ray.init(address="127.0.0.1:$STEPSCOPE_LOCAL_PORT")`. `up` prints the exact line.
+# `ray.init(address="127.0.0.1:$STEPSCOPE_LOCAL_PORT")`; a driver on the cluster, through
+# the head's job server (the dashboard, on BASE+7): `stepscope submit SPEC --address
+# http://127.0.0.1:$((STEPSCOPE_LOCAL_PORT + 8)) --store /ABSOLUTE/PATH`. `up` prints the exact lines.
 #
 # Token authentication (Ray >= 2.52): ON by default (STEPSCOPE_LOCAL_AUTH=token).
 #   All nodes run with RAY_AUTH_MODE=token and read the token from the default file,
@@ -41,7 +43,9 @@
 #   STEPSCOPE_LOCAL_HEAD_CPUS     logical CPUs of the head                              (1)
 #   STEPSCOPE_LOCAL_WORKER_CPUS   logical CPUs of each GPU worker                       (1)
 #   STEPSCOPE_LOCAL_OBJECT_STORE  object store bytes per node                           (100000000)
-#   STEPSCOPE_LOCAL_DASHBOARD     1 to start the dashboard (Ray Jobs API) on BASE+7     (0)
+#   STEPSCOPE_LOCAL_DASHBOARD     1: the head runs the dashboard, which serves the Ray   (1)
+#                                 Jobs API (`stepscope submit`) on BASE+7; 0: none,
+#                                 about 0.2-0.3 GiB less memory
 #   STEPSCOPE_LOCAL_TIMEOUT       seconds to wait for the nodes                         (90)
 #   STEPSCOPE_LOCAL_KEEP_LOGS     1: `down` keeps STEPSCOPE_LOCAL_DIR (logs) on disk    (0)
 #   STEPSCOPE_LOCAL_GRACE         seconds `down` waits after SIGTERM, per phase         (10)
@@ -88,7 +92,7 @@ AUTH=${STEPSCOPE_LOCAL_AUTH:-token}
 HEAD_CPUS=${STEPSCOPE_LOCAL_HEAD_CPUS:-1}
 WORKER_CPUS=${STEPSCOPE_LOCAL_WORKER_CPUS:-1}
 OBJECT_STORE=${STEPSCOPE_LOCAL_OBJECT_STORE:-100000000}
-DASHBOARD=${STEPSCOPE_LOCAL_DASHBOARD:-0}
+DASHBOARD=${STEPSCOPE_LOCAL_DASHBOARD:-1}
 TIMEOUT=${STEPSCOPE_LOCAL_TIMEOUT:-90}
 KEEP_LOGS=${STEPSCOPE_LOCAL_KEEP_LOGS:-0}
 GRACE=${STEPSCOPE_LOCAL_GRACE:-10}
@@ -104,6 +108,11 @@ case "$AUTH" in
   token | disabled) ;;
   *) echo "local-cluster: STEPSCOPE_LOCAL_AUTH must be 'token' or 'disabled', not '$AUTH'" >&2; exit 2 ;;
 esac
+case "$DASHBOARD" in
+  0 | 1) ;;
+  *) echo "local-cluster: STEPSCOPE_LOCAL_DASHBOARD must be 1 or 0, not '$DASHBOARD'" >&2; exit 2 ;;
+esac
+JOBS_ADDRESS=http://127.0.0.1:$((PORT_BASE + 7))
 
 log() { echo "local-cluster: $*" >&2; }
 
@@ -229,6 +238,27 @@ for n in sorted(nodes, key=lambda n: n["Resources"].get("GPU", 0)):
     kind = "head" if "node:__internal_head__" in res else "worker"
     print(f"  {kind:6} {n['NodeID']}  CPU={res.get('CPU', 0):g} GPU={res.get('GPU', 0):g} {' '.join(tags)}")
 sys.exit(0 if len(nodes) >= want else 1)
+PYEOF
+}
+
+# wait_job_server TIMEOUT: wait until the head's job server answers HTTP (any status: with
+# token authentication it answers 401 without a token); exit 0 when it does.
+wait_job_server() {
+  "$PY" - "$JOBS_ADDRESS" "$1" <<'PYEOF'
+import sys, time, urllib.error, urllib.request
+
+url, timeout = sys.argv[1] + "/api/version", float(sys.argv[2])
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+        sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)
+    except OSError:
+        if time.monotonic() >= deadline:
+            sys.exit(1)
+        time.sleep(0.5)
 PYEOF
 }
 
@@ -375,6 +405,7 @@ cmd_up() {
   rm -rf "$DIR"
   mkdir -p "$DIR"
   : >"$NODES_FILE"
+  echo "$DASHBOARD" >"$DIR/dashboard" # how `status` knows, whatever its own environment says
   local head_args=(--head --port="$PORT" --num-cpus="$HEAD_CPUS" --num-gpus=0
     --ray-client-server-port=$((PORT_BASE + 6)) --dashboard-port=$((PORT_BASE + 7)))
   if [ "$DASHBOARD" = 1 ]; then
@@ -397,17 +428,26 @@ cmd_up() {
     KEEP_LOGS=1 cmd_down || true
     exit 1
   fi
+  if [ "$DASHBOARD" = 1 ] && ! wait_job_server "$TIMEOUT"; then
+    log "the job server at $JOBS_ADDRESS did not answer within ${TIMEOUT}s; see $DIR/session_latest/logs/dashboard.log"
+    KEEP_LOGS=1 cmd_down || true
+    exit 1
+  fi
   print_address
 }
 
 print_address() {
+  local dashboard
+  dashboard=$(cat "$DIR/dashboard" 2>/dev/null || echo "$DASHBOARD")
   echo "address: $ADDRESS"
   echo "  stepscope run SPEC --address $ADDRESS"
+  if [ "$dashboard" = 1 ]; then
+    echo "  stepscope submit SPEC --address $JOBS_ADDRESS --store /ABSOLUTE/PATH"
+  else
+    echo "  (no job server for 'stepscope submit': started with STEPSCOPE_LOCAL_DASHBOARD=0)"
+  fi
   if [ "$AUTH" = token ]; then
     echo "  drivers need: export RAY_AUTH_MODE=token   (token read from ~/.ray/auth_token)"
-  fi
-  if [ "$DASHBOARD" = 1 ]; then
-    echo "  dashboard / Ray Jobs API: http://127.0.0.1:$((PORT_BASE + 7))"
   fi
 }
 

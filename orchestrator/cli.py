@@ -284,7 +284,7 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
         click.echo(f"nothing to resume for {spec.name} in {st.location}: starting sweep {chosen.sweep_id}", err=True)
     if st.local_root is not None:  # this host writes a local store too: find out before Ray starts
         _probe_local(st)
-    resume_hint = _command("stepscope", "run", spec_path, "--resume", *_store_args(store))
+    resume_hint = _resume_hint(spec_path, store)
     try:
         with Session(address) as session:
             trials, _ = plan_trials(spec, session.nodes())
@@ -371,6 +371,15 @@ def _summary(outcome, st: Store) -> None:
 # ---------------------------------------------------------------- submit / jobs
 
 
+def _resume_hint(spec_path: str, store: str | None) -> str:
+    """What resumes this sweep: `stepscope run SPEC --resume`; in a submitted job, whose
+    spec is a copy in the job's working directory, the `stepscope submit ... --resume`
+    that `stepscope submit` left in the job's environment for the user's own machine."""
+    from stepscope.orchestrator.jobs import RESUME_COMMAND_ENV
+
+    return os.environ.get(RESUME_COMMAND_ENV) or _command("stepscope", "run", spec_path, "--resume", *_store_args(store))
+
+
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--address", default=None, help="The cluster's job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS).")
@@ -410,6 +419,10 @@ def submit(spec_path: str, address: str | None, store: str | None, trial_timeout
 
 def _follow(jc, job_id: str) -> int:
     import asyncio
+    import logging
+
+    # Ray's job SDK logs an INFO line when the log stream closes; the status line below says it.
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
 
     async def tail() -> None:
         async for chunk in jc.tail_job_logs(job_id):
@@ -475,7 +488,8 @@ def jobs_logs(job_id: str, address: str | None, follow: bool) -> None:
 @click.argument("job_id")
 @_job_address
 def jobs_stop(job_id: str, address: str | None) -> None:
-    """Stop a submitted sweep; finished trials stay stored (resume it with --resume).
+    """Stop a submitted sweep; finished trials stay stored, and the `stepscope submit
+    ... --resume` that continues it is printed.
 
     Example:
 
@@ -483,8 +497,13 @@ def jobs_stop(job_id: str, address: str | None) -> None:
     """
     from stepscope.orchestrator import jobs as j
 
-    stopped = _job_call(lambda: j.client(address).stop_job(job_id), job_id)
+    jc = j.client(address)
+    info = _job_call(lambda: jc.get_job_info(job_id), job_id)
+    stopped = _job_call(lambda: jc.stop_job(job_id), job_id)
     click.echo(f"{job_id}: {'stopping' if stopped else 'already ended'}")
+    again = (info.metadata or {}).get(j.RESUME_METADATA_KEY)
+    if stopped and again:  # a job that ended by itself has nothing to resume
+        click.echo(f"trials finished so far stay stored; resume with: {again}", err=True)
 
 
 def _job_call(fn, job_id: str):

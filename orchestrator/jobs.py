@@ -6,11 +6,14 @@ PYTHONPATH) and the local modules they import (those beside the spec or in the
 current directory), nothing else, so a spec that sits in a big folder uploads
 only what it needs. The job's entrypoint is `stepscope run SPEC` there; its tasks
 inherit the working directory, so every worker can import those modules.
+Stopped (`stepscope jobs stop`), the job's driver prints, and `jobs stop` too, the
+`stepscope submit SPEC ... --resume` that continues the sweep from this machine.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import shlex
 import shutil
@@ -28,27 +31,87 @@ class JobError(StepscopeError, RuntimeError):
     """The job server cannot be reached or refuses the request."""
 
 
+#: How to get a job server, said by every error that finds none.
+START_JOB_SERVER = (
+    "start the head with its dashboard, which serves the Ray Jobs API: "
+    "`ray start --head --include-dashboard=true` (port 8265, or --dashboard-port); "
+    "deploy/local-cluster.sh up starts it (unless STEPSCOPE_LOCAL_DASHBOARD=0) and prints its address"
+)
+
+#: Set in a submitted job's environment: the command that resumes the sweep from where it was
+#: submitted (`stepscope submit SPEC --address ... --store ... --resume`). The job's driver
+#: (`stepscope run`, interrupted by `stepscope jobs stop`) prints it instead of a `run` of the
+#: spec copied into the job's working directory, which exists on the cluster only.
+RESUME_COMMAND_ENV = "STEPSCOPE_RESUME_COMMAND"
+
+#: The job's metadata key holding that same command, for `stepscope jobs stop` to print.
+RESUME_METADATA_KEY = "stepscope_resume"
+
+#: Seconds Ray's job supervisor waits after SIGTERM before it kills the driver, set through
+#: the job's env_vars (`RAY_JOB_STOP_WAIT_TIME_S`; Ray's default is 3, DEFAULT_RAY_JOB_STOP_WAIT_TIME_S in
+#: https://github.com/ray-project/ray/blob/master/python/ray/dashboard/modules/job/job_supervisor.py):
+#: enough for the driver to cancel its trials and print how to resume.
+STOP_WAIT_S = 30
+
+
 def jobs_address(address: str | None) -> str:
     found = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not found or not found.startswith(("http://", "https://")):
+        given = f" {found}" if found else ""
         raise JobError(
-            "--address: give the cluster's job server, e.g. http://HEAD:8265 "
+            f"--address{given}: give the cluster's job server, e.g. http://HEAD:8265 "
             "(or set RAY_API_SERVER_ADDRESS)"
         )
     return found
 
 
 def client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
-
     from stepscope.orchestrator.scheduler import use_token_if_present
 
     where = jobs_address(address)
-    use_token_if_present(where)
+    use_token_if_present(where)  # before Ray is imported: it reads RAY_AUTH_MODE once
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
     try:
         return JobSubmissionClient(where)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise JobError(f"--address: cannot reach the Ray job server at {where}: {one_line(exc, with_type=False)}") from None
+    except AuthenticationError:
+        raise JobError(
+            f"--address {where}: the job server wants the cluster's token: export RAY_AUTH_MODE=token, "
+            "with the token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+        ) from None
+    except (OSError, RuntimeError, ValueError):  # requests' errors are OSErrors
+        raise JobError(unreachable(where)) from None
+
+
+def unreachable(where: str) -> str:
+    """The one-line error for a job server address that did not answer as one: nothing
+    listens there (how to start one), or something else does (which port to give)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(where)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        with socket.create_connection((url.hostname or "", port), timeout=3):
+            pass
+    except (OSError, ValueError):
+        return f"--address {where}: no Ray job server answers there; {START_JOB_SERVER}"
+    return (
+        f"--address {where}: this port answers, but not as a Ray job server (a GCS or Ray Client "
+        "port?); give the dashboard's address, http://HEAD:8265 unless the head was started with "
+        "another --dashboard-port"
+    )
+
+
+def resume_command(spec_path: str, address: str, store: str, trial_timeout: float | None) -> str:
+    """`stepscope submit SPEC --address ADDR --store STORE [--trial-timeout S] --resume`, each
+    argument as the user gave it, shell-quoted: what resumes a submitted sweep from the
+    machine it was submitted from."""
+    args = ["stepscope", "submit", spec_path, "--address", address, "--store", store]
+    if trial_timeout:
+        args += ["--trial-timeout", f"{trial_timeout:g}"]
+    return shlex.join([*args, "--resume"])
 
 
 def check_job_store(location: str) -> None:
@@ -126,6 +189,10 @@ def staged(spec: SweepSpec, trials, paths: list[str]) -> Iterator[str]:
         yield tmp
 
 
+#: Ray's loggers that print an INFO line per upload of the job's working directory.
+_UPLOAD_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging")
+
+
 def submit(
     spec: SweepSpec, trials, paths: list[str], *, address: str | None, store: str,
     trial_timeout: float | None, resume: bool, debug: bool = False,
@@ -138,12 +205,17 @@ def submit(
     if resume:
         args.append("--resume")
     entrypoint = " ".join(shlex.quote(a) for a in args)
+    again = resume_command(spec.source, jobs_address(address), store, trial_timeout)
+    # The job's supervisor runs with its env_vars too, and reads RAY_JOB_STOP_WAIT_TIME_S there.
+    env_vars = {RESUME_COMMAND_ENV: again, "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
+    for name in _UPLOAD_LOGGERS:  # their INFO lines narrate the upload; stepscope says what matters
+        logging.getLogger(name).setLevel(logging.WARNING)
     with staged(spec, trials, paths) as workdir:
         try:
             return jc.submit_job(
                 entrypoint=entrypoint,
-                runtime_env={"working_dir": workdir},
-                metadata={"stepscope_sweep": spec.name},
+                runtime_env={"working_dir": workdir, "env_vars": env_vars},
+                metadata={"stepscope_sweep": spec.name, RESUME_METADATA_KEY: again},
             )
-        except (RuntimeError, ConnectionError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             raise JobError(f"the job server refused the job: {one_line(exc, with_type=False)}") from None

@@ -344,3 +344,24 @@ def test_local_cluster_script_usage(args):
 def test_local_cluster_script_never_runs_ray_stop():
     code = [ln for ln in SCRIPT.read_text().splitlines() if not ln.lstrip().startswith("#")]
     assert not [ln for ln in code if re.search(r"\bstop\b", ln) and "ray" in ln.lower()]
+
+
+def test_local_cluster_script_refuses_an_unknown_dashboard_setting():
+    result = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=10,
+                            env={"PATH": "/usr/bin:/bin", "STEPSCOPE_LOCAL_DASHBOARD": "yes"})
+    assert result.returncode == 2
+    assert result.stderr == "local-cluster: STEPSCOPE_LOCAL_DASHBOARD must be 1 or 0, not 'yes'\n"
+
+
+def test_the_documented_job_server_is_the_one_the_script_starts_by_default():
+    """The local cluster runs a job server unless told not to, and the READMEs' submit
+    commands name its default address (the script's default port, + 1 for the base, + 7)."""
+    text = SCRIPT.read_text()
+    assert "DASHBOARD=${STEPSCOPE_LOCAL_DASHBOARD:-1}\n" in text
+    port = int(re.search(r"^PORT=\$\{STEPSCOPE_LOCAL_PORT:-(\d+)\}$", text, re.M).group(1))
+    assert "PORT_BASE=${STEPSCOPE_LOCAL_PORT_BASE:-$((PORT + 1))}\n" in text
+    assert "JOBS_ADDRESS=http://127.0.0.1:$((PORT_BASE + 7))\n" in text
+    jobs = f"http://127.0.0.1:{port + 1 + 7}"
+    for readme in (ROOT / "README.md", DEPLOY / "README.md"):
+        submits = re.findall(r"stepscope submit \S+ --address (http://127\.0\.0\.1:\d+)", readme.read_text())
+        assert submits and set(submits) == {jobs}, (readme, submits)

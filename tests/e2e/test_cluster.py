@@ -213,6 +213,55 @@ def test_submit_refuses_a_store_the_cluster_cannot_reach(local_cluster, write_sp
     assert missing.returncode == 2 and "no job 'raysubmit_nosuchjob'" in missing.stderr
 
 
+def test_jobs_stop_prints_a_submit_resume_the_user_can_run(local_cluster, write_spec, stepscope, tmp_path):
+    """Stopped mid-sweep, a submitted sweep says how to resume it from here (`jobs stop`
+    and the job's log alike): a `submit` of the user's spec path and store, which, run as
+    printed, finishes the same sweep with every trial stored once."""
+    import shlex
+
+    spec = write_spec(
+        """
+        name: stoppable
+        isolation: reuse
+        fixed: {workload: "sleepy:build", iterations: 3, warmup: 0, forward_ms: 1000}
+        grid:
+          batch_size: [1, 2, 3, 4, 5, 6]
+        """,
+        name="my sweeps/it's.yaml", with_modules=("sleepy",),
+    )
+    given = os.path.relpath(spec, tmp_path)  # as the user typed it, from where they are
+    store = str(tmp_path / "shared results")
+    where = local_cluster.jobs_address
+    job_id = stepscope("submit", given, "--address", where, "--store", store, env=local_cluster.env,
+                       check_rc=0).stdout.strip()
+
+    def logs() -> str:
+        return stepscope("jobs", "logs", job_id, "--address", where, env=local_cluster.env, check_rc=0).stdout
+
+    deadline = time.monotonic() + 120
+    while " ok " not in logs():  # one trial stored, some still to run
+        assert time.monotonic() < deadline, logs()
+        time.sleep(1)
+    stop = stepscope("jobs", "stop", job_id, "--address", where, env=local_cluster.env, check_rc=0)
+    expected = shlex.join(["stepscope", "submit", given, "--address", where, "--store", store, "--resume"])
+    assert stop.stdout == f"{job_id}: stopping\n"
+    assert stop.stderr == f"trials finished so far stay stored; resume with: {expected}\n"
+    while "STOPPED" not in stepscope("jobs", "status", job_id, "--address", where, env=local_cluster.env).stdout:
+        assert time.monotonic() < deadline + 60
+        time.sleep(1)
+    assert f"Resume with: {expected}" in logs()
+    stored = q(store, "select count(*) from trials")[0][0]
+    assert 1 <= stored < 6
+
+    again = shlex.split(expected)
+    assert again[0] == "stepscope"
+    resumed = stepscope(*again[1:], "--wait", env=local_cluster.env, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr[-3000:]
+    assert f"{6 - stored} trials run ({6 - stored} ok); {stored} already stored" in resumed.stdout
+    assert q(store, "select count(distinct sweep_id), count(*), count(distinct trial_id) from trials "
+                    "where status = 'ok'") == [(1, 6, 6)]
+
+
 def test_a_worker_node_killed_mid_sweep(fresh_cluster, write_spec, stepscope, tmp_path):
     """kill -9 of a whole worker node while its trial runs: retried on the other node,
     the sweep completes, every trial appears exactly once. (Its own cluster: it kills a node.)"""
