@@ -166,9 +166,12 @@ select
     p.step_ms_max,
     p.outlier_steps,
     t.batch_size * 1000 / nullif(p.step_ms_p50, 0) as samples_per_s_p50,
-    coalesce(p.step_ms_cv > 0.10, false)
-    or p.step_ms_max > 1.5 * p.step_ms_mean
-    or p.step_ms_min < 0.5 * p.step_ms_mean as unstable
+    -- Null (not false: not "stable") when fewer than 2 steps leave nothing to judge.
+    case when p.steps < 2 then null else
+        coalesce(p.step_ms_cv > 0.10, false)
+        or p.step_ms_max > 1.5 * p.step_ms_mean
+        or p.step_ms_min < 0.5 * p.step_ms_mean
+    end as unstable
 from per_trial as p
 inner join trials as t
     on t.sweep_id = p.sweep_id and t.trial_id = p.trial_id;

@@ -6,8 +6,12 @@
 -- backward, without the forward that activation checkpointing recomputes;
 -- hardware FLOPs = model FLOPs + that recompute. MFU = model FLOPs / step time /
 -- peak; HFU = hardware FLOPs / step time / peak; they differ only with
--- checkpointing. Step rates divide a step's FLOPs by the mean measured step
--- (trials.achieved_tflops, trials.achieved_hardware_tflops); phase rates divide
+-- checkpointing. step_tflops, hardware_step_tflops and MFU/HFU divide a step's
+-- FLOPs by the mean measured step over the wall clock (trials.achieved_tflops,
+-- trials.achieved_hardware_tflops: every step, outliers and gaps included);
+-- step_tflops_p50 divides model FLOPs by the median step (step_ms_p50, as every
+-- query's); unstable and outlier_steps are the trials' (trial_step_stats): a rate
+-- of an unstable configuration is no result to compare. Phase rates divide
 -- forward FLOPs by the median forward + loss ms and backward FLOPs (model, no
 -- recompute) by the median backward ms. MFU and HFU are against the dense
 -- datasheet peak of the exact GPU variant (null on a CPU or an unknown board)
@@ -24,7 +28,8 @@
 --
 -- columns: sweep_id, workload, batch_size, precision, config_id, gpu_model, gpu_variant,
 --   device_name, gflops_per_step, recompute_gflops_per_step, step_tflops,
---   hardware_step_tflops, forward_tflops, backward_tflops, peak_tflops_datasheet,
+--   hardware_step_tflops, step_tflops_p50, unstable, outlier_steps, forward_tflops,
+--   backward_tflops, peak_tflops_datasheet,
 --   peak_tflops_measured, mfu_datasheet, mfu_measured, hfu_datasheet, hfu_measured,
 --   flagged_trials, mfu_flags (comma-separated, null when none)
 
@@ -65,10 +70,15 @@ per_trial as (
         t.*,
         -- FLOPs over milliseconds, / 1e9: TFLOP/s
         t.flops_forward / nullif(p.forward_ms, 0) / 1e9 as forward_tflops,
-        t.flops_backward / nullif(p.backward_ms, 0) / 1e9 as backward_tflops
+        t.flops_backward / nullif(p.backward_ms, 0) / 1e9 as backward_tflops,
+        (t.flops_forward + t.flops_backward) / nullif(s.step_ms_p50, 0) / 1e9 as step_tflops_p50,
+        s.unstable,
+        s.outlier_steps
     from chosen_trials as t
     inner join phase_ms as p
         on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
+    left join trial_step_stats as s
+        on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
 ),
 
 per_config as (
@@ -79,6 +89,9 @@ per_config as (
         median(flops_recompute) as recompute_flops_per_step,
         median(achieved_tflops) as step_tflops,
         median(achieved_hardware_tflops) as hardware_step_tflops,
+        median(step_tflops_p50) as step_tflops_p50,
+        bool_or(unstable) as unstable,
+        sum(outlier_steps) as outlier_steps,
         median(forward_tflops) as forward_tflops,
         median(backward_tflops) as backward_tflops,
         max(peak_tflops_datasheet) as peak_tflops_datasheet,
@@ -105,6 +118,9 @@ final as (
         round(recompute_flops_per_step / 1e9, 3) as recompute_gflops_per_step,
         round(step_tflops, 4) as step_tflops,
         round(hardware_step_tflops, 4) as hardware_step_tflops,
+        round(step_tflops_p50, 4) as step_tflops_p50,
+        unstable,
+        outlier_steps,
         round(forward_tflops, 4) as forward_tflops,
         round(backward_tflops, 4) as backward_tflops,
         peak_tflops_datasheet,

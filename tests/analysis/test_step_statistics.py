@@ -304,3 +304,24 @@ def readme_within_noise_sql() -> str:
     assert readme.count(marker) == 1, "README.md: the within-noise example moved"
     block = readme[readme.index(marker) :].split("```bash\n", 1)[1].split("```", 1)[0]
     return block.strip().removeprefix('stepscope sql "').removesuffix('"')
+
+
+def test_one_measured_step_is_neither_stable_nor_unstable(store, write):
+    write.sweep("s1")
+    write.trial("s1", "one", {"forward": [10.0]})
+    got = trial_stats(connect(store), "one")
+    assert got["steps"] == 1 and got["step_ms_cv"] is None and got["unstable"] is None
+
+
+def test_utilization_carries_the_median_step_rate_and_the_stability_of_its_trials(store, write):
+    """The wall-clock step rate pays for the 100x step; step_tflops_p50 divides the same FLOPs
+    by the median step, as every other query's step time; unstable and outlier_steps say why
+    the two disagree."""
+    write.sweep("s1")
+    write.trial("s1", "counted", {"forward": spiked(FORWARD)}, achieved_tflops=0.05,
+                flops_forward=10**9, flops_backward=2 * 10**9)
+    [row] = records(run_query(connect(store), "utilization", {}))
+    p50 = statistics.median(hand_totals(spiked(FORWARD)))
+    assert row["step_tflops_p50"] == round(3e9 / p50 / 1e9, 4)
+    assert row["unstable"] is True and row["outlier_steps"] == 1
+    assert row["step_tflops"] == 0.05  # the wall clock's figure, as stored
