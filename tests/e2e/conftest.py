@@ -75,6 +75,12 @@ def _free_port_block(size: int = 40) -> int:
     raise RuntimeError("no free block of ports")
 
 
+@pytest.fixture
+def free_port_block():
+    """`_free_port_block` for a test that starts its own local cluster."""
+    return _free_port_block
+
+
 @contextmanager
 def local_cluster_up(node_env: dict | None = None):
     """`node_env`: the environment its nodes (and so their workers) start with, instead of

@@ -8,9 +8,7 @@ the default ones), and /tmp/results a folder of the test's own. `down` runs what
 from __future__ import annotations
 
 import os
-import random
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,28 +24,13 @@ README = ROOT / "README.md"
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
 
 
-def free_port_block(size: int = 40) -> int:
-    """A port whose next `size` ports are free too, below the ephemeral range (as the
-    cluster fixtures of conftest.py choose theirs)."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - size)
-        try:
-            for p in range(base, base + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free block of ports")
-
-
 def readme_block() -> str:
     text = README.read_text()
     start = text.index("```bash\n", text.index("**Try it on one machine.**")) + len("```bash\n")
     return text[start : text.index("```", start)]
 
 
-def test_the_readme_block_runs_as_written_submit_included(tmp_path):
+def test_the_readme_block_runs_as_written_submit_included(tmp_path, free_port_block):
     block = readme_block()
     assert "stepscope submit " in block and block.startswith("deploy/local-cluster.sh up")
     gcs = re.search(r"--address (127\.0\.0\.1:(\d+))", block)
