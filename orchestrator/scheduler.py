@@ -153,6 +153,23 @@ def _without_token_auth_notice():
         logger.removeFilter(notice)
 
 
+#: Ray Client's proxy starts a server per client; on a loaded head that start can miss the
+#: proxy's deadline ("Initialization failure from server") and succeed on the next try.
+CLIENT_INIT_TRIES, CLIENT_INIT_PAUSE_S = 3, 2.0
+
+
+def _init_with_retries(ray, address: str, options: dict) -> None:
+    for attempt in range(1, CLIENT_INIT_TRIES + 1):
+        try:
+            ray.init(address=address, **options)
+            return
+        except ConnectionError as exc:
+            retry = address.startswith("ray://") and "Initialization failure from server" in str(exc)
+            if not retry or attempt == CLIENT_INIT_TRIES:
+                raise
+            time.sleep(CLIENT_INIT_PAUSE_S)
+
+
 class Session:
     """A connection to Ray for one sweep: an embedded cluster or an existing one."""
 
@@ -178,7 +195,7 @@ class Session:
                 with _without_token_auth_notice():
                     ray.init(address="local", include_dashboard=False, **quiet)
             else:
-                ray.init(address=self.address, **quiet)
+                _init_with_retries(ray, self.address, quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = self.address or "a local cluster"
             hint = "" if self.token else (

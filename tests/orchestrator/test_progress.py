@@ -91,3 +91,23 @@ def test_help_keeps_each_example_on_its_own_line(path):
     shown_lines = {re.sub(r"\s+", " ", line.strip()) for line in shown.splitlines()}
     for line in wanted:
         assert re.sub(r"\s+", " ", line) in shown_lines, (path, line, shown)
+
+
+def test_a_ray_client_server_that_missed_its_start_deadline_is_tried_again(monkeypatch):
+    """Ray Client's proxy may fail to start the per-client server in time on a loaded head
+    ("Initialization failure from server"); the next try usually succeeds. Other errors,
+    and other addresses, are not retried."""
+    calls = []
+
+    def init(address, **options):
+        calls.append(address)
+        if len(calls) < 3:
+            raise ConnectionAbortedError("Initialization failure from server:\n")
+
+    monkeypatch.setattr(scheduler, "CLIENT_INIT_PAUSE_S", 0.0)
+    scheduler._init_with_retries(types.SimpleNamespace(init=init), "ray://head:10001", {})
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionAbortedError):
+        scheduler._init_with_retries(types.SimpleNamespace(init=init), "head:6379", {})
+    assert len(calls) == 1
