@@ -156,6 +156,8 @@ def open_store(store: str | Store) -> OpenStore:
             con.execute(f"create view raw_{table} as select * from _empty_{table}{union}")
     except duckdb.Error as exc:  # a file that changed between the listing and its read
         raise StoreError(f"--store {store.location}: cannot read the store: {one_line(exc, with_type=False)}") from None
+    # The steps of trials with no stored summary (trial_summaries computes theirs).
+    con.execute("create view raw_steps_unsummarized as select * from raw_steps")
     con.execute(views_sql())
     _read_only(con, root)
     skipped = [s for listing in listings.values() for s in listing.skipped]

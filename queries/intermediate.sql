@@ -113,8 +113,187 @@ left join whole_steps as w
     on w.sweep_id = s.sweep_id and w.trial_id = s.trial_id and w.iteration = s.iteration
 where not s.is_warmup;
 
+-- Per-trial statistics of the measured steps: one row per trial (every status)
+-- and metric, 'step' (a whole step's total) or a phase, over the trial's whole
+-- measured steps (those whole_steps keeps: every phase ran). Columns as
+-- stepscope.workloads.storage.schema.SUMMARIES lists them:
+--   steps              whole measured steps
+--   p50, p10, p90      quantile_cont of duration_ms (ms): linear interpolation
+--                      between the closest ranks (R's type 7, numpy's default)
+--   mean, stddev       ms; stddev is the sample standard deviation (null with 1)
+--   min, max           ms
+--   outliers           steps beyond 3 scaled MADs of the median (whole_steps'
+--                      rule, here applied to each metric's own durations)
+--   block_p50          medians of consecutive blocks of L = ceil(cbrt(n)) steps in
+--                      iteration order, n // L blocks, the last one taking the
+--                      n mod L steps left over: the units a block bootstrap
+--                      resamples (Kuensch, "The jackknife and the bootstrap for
+--                      general stationary observations", Ann. Statist. 17(3),
+--                      1989; L of order n^(1/3): Hall, Horowitz and Jing, "On
+--                      blocking rules for the bootstrap with dependent data",
+--                      Biometrika 82(3), 1995)
+--   host_p50, gpu_gap_p50   medians of host_ms and gpu_gap_ms
+--   peak_*_bytes       the highest peak in the metric's rows; alloc_retries summed
+-- computed_summaries computes them from the steps of the trials with no stored
+-- summary; `stepscope compact` stores the same rows (this SQL) for the trials
+-- it compacts; trial_summaries reads both.
+create or replace view computed_summaries as
+with measured as (
+    select
+        *,
+        count(*) over (partition by sweep_id, trial_id, iteration) as phase_count
+    from unsummarized_steps
+    where not is_warmup
+),
+
+phase_rows as (
+    select
+        sweep_id,
+        trial_id,
+        iteration,
+        phase as metric,
+        duration_ms,
+        host_ms,
+        gpu_gap_ms,
+        peak_allocated_bytes,
+        peak_reserved_bytes,
+        peak_rss_bytes,
+        alloc_retries
+    from measured
+    where phase_count = 6
+),
+
+step_rows as (
+    select
+        sweep_id,
+        trial_id,
+        iteration,
+        'step' as metric,
+        sum(duration_ms) as duration_ms,
+        sum(host_ms) as host_ms,
+        sum(gpu_gap_ms) as gpu_gap_ms,
+        max(peak_allocated_bytes) as peak_allocated_bytes,
+        max(peak_reserved_bytes) as peak_reserved_bytes,
+        max(peak_rss_bytes) as peak_rss_bytes,
+        sum(alloc_retries) as alloc_retries
+    from phase_rows
+    group by sweep_id, trial_id, iteration
+),
+
+metric_rows as (
+    select * from phase_rows
+    union all
+    select * from step_rows
+),
+
+ranked as (
+    select
+        *,
+        row_number() over metric_steps as step_rank,
+        count(*) over metric_all as n,
+        median(duration_ms) over metric_all as metric_median_ms
+    from metric_rows
+    window
+        metric_all as (partition by sweep_id, trial_id, metric),
+        metric_steps as (partition by sweep_id, trial_id, metric order by iteration)
+),
+
+-- The block length: the least integer L with L^3 >= n (cbrt(27) is 3.0000000000000004
+-- in floating point, so its ceil is not it; round, then step up if short).
+sized as (
+    select
+        *,
+        cast(round(cbrt(n)) as bigint) + (cast(round(cbrt(n)) as bigint) ^ 3 < n)::bigint as block_length
+    from ranked
+),
+
+blocked as (
+    select
+        *,
+        least((step_rank - 1) // block_length, n // block_length - 1) as block,
+        abs(duration_ms - metric_median_ms) as deviation_ms,
+        median(abs(duration_ms - metric_median_ms)) over (partition by sweep_id, trial_id, metric) as mad_ms
+    from sized
+),
+
+blocks as (
+    select
+        sweep_id,
+        trial_id,
+        metric,
+        list(block_median_ms order by block) as block_p50
+    from (
+        select
+            sweep_id,
+            trial_id,
+            metric,
+            block,
+            median(duration_ms) as block_median_ms
+        from blocked
+        group by sweep_id, trial_id, metric, block
+    )
+    group by sweep_id, trial_id, metric
+),
+
+stats as (
+    select
+        sweep_id,
+        trial_id,
+        metric,
+        cast(count(*) as integer) as steps,
+        quantile_cont(duration_ms, 0.5) as p50,
+        quantile_cont(duration_ms, 0.1) as p10,
+        quantile_cont(duration_ms, 0.9) as p90,
+        avg(duration_ms) as mean,
+        stddev_samp(duration_ms) as stddev,
+        min(duration_ms) as min,
+        max(duration_ms) as max,
+        cast(count(*) filter (where deviation_ms > 3 * 1.4826 * mad_ms) as integer) as outliers,
+        median(host_ms) as host_p50,
+        median(gpu_gap_ms) as gpu_gap_p50,
+        max(peak_allocated_bytes) as peak_allocated_bytes,
+        max(peak_reserved_bytes) as peak_reserved_bytes,
+        max(peak_rss_bytes) as peak_rss_bytes,
+        sum(alloc_retries) as alloc_retries
+    from blocked
+    group by sweep_id, trial_id, metric
+)
+
+select
+    s.sweep_id,
+    s.trial_id,
+    s.metric,
+    s.steps,
+    s.p50,
+    s.p10,
+    s.p90,
+    s.mean,
+    s.stddev,
+    s.min,
+    s.max,
+    s.outliers,
+    b.block_p50,
+    s.host_p50,
+    s.gpu_gap_p50,
+    s.peak_allocated_bytes,
+    s.peak_reserved_bytes,
+    s.peak_rss_bytes,
+    s.alloc_retries
+from stats as s
+inner join blocks as b
+    on b.sweep_id = s.sweep_id and b.trial_id = s.trial_id and b.metric = s.metric;
+
+-- Every trial's summaries: the stored ones (summaries) and those computed from
+-- the steps of trials with none (computed_summaries). A trial is in one or the
+-- other, never both (the warehouse splits the step files so).
+create or replace view trial_summaries as
+select * from summaries
+union all
+select * from computed_summaries;
+
 -- One row per trial with a whole measured step (every status): THE per-trial
--- step statistics, which every named query shows under these names.
+-- step statistics, which every named query shows under these names (the
+-- 'step' row of trial_summaries, renamed):
 --   steps              whole measured steps (whole_steps)
 --   step_ms_p50        the median step: median of the steps' totals, ms
 --   step_ms_p10, _p90  their 10th and 90th percentiles, quantile_cont (linear
@@ -140,17 +319,17 @@ with per_trial as (
     select
         sweep_id,
         trial_id,
-        count(*) as steps,
-        quantile_cont(step_ms, 0.5) as step_ms_p50,
-        quantile_cont(step_ms, 0.1) as step_ms_p10,
-        quantile_cont(step_ms, 0.9) as step_ms_p90,
-        avg(step_ms) as step_ms_mean,
-        stddev_samp(step_ms) / nullif(avg(step_ms), 0) as step_ms_cv,
-        min(step_ms) as step_ms_min,
-        max(step_ms) as step_ms_max,
-        count(*) filter (where is_outlier) as outlier_steps
-    from whole_steps
-    group by sweep_id, trial_id
+        steps,
+        p50 as step_ms_p50,
+        p10 as step_ms_p10,
+        p90 as step_ms_p90,
+        mean as step_ms_mean,
+        stddev / nullif(mean, 0) as step_ms_cv,
+        min as step_ms_min,
+        max as step_ms_max,
+        outliers as outlier_steps
+    from trial_summaries
+    where metric = 'step'
 )
 
 select

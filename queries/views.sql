@@ -202,6 +202,62 @@ select
 from latest
 where seen = 1;
 
+-- The stored per-trial summaries (`stepscope compact` writes them; one row per trial
+-- and metric, as stepscope.workloads.storage.schema.SUMMARIES says), of committed
+-- trials. The warehouse passes only rows of the current SUMMARY_VERSION, of trials
+-- whose compacted rows are the ones read.
+create or replace view summaries as
+select
+    cast(s.sweep_id as varchar) as sweep_id,
+    cast(s.trial_id as varchar) as trial_id,
+    cast(s.metric as varchar) as metric,
+    cast(s.steps as integer) as steps,
+    cast(s.p50 as double) as p50,
+    cast(s.p10 as double) as p10,
+    cast(s.p90 as double) as p90,
+    cast(s.mean as double) as mean,
+    cast(s.stddev as double) as stddev,
+    cast(s.min as double) as min,
+    cast(s.max as double) as max,
+    cast(s.outliers as integer) as outliers,
+    cast(s.block_p50 as double[]) as block_p50,
+    cast(s.host_p50 as double) as host_p50,
+    cast(s.gpu_gap_p50 as double) as gpu_gap_p50,
+    cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
+    cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes,
+    cast(s.peak_rss_bytes as bigint) as peak_rss_bytes,
+    cast(s.alloc_retries as bigint) as alloc_retries
+from raw_summaries as s
+where exists (
+    select 1
+    from raw_trials as t
+    where t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
+);
+
+-- The steps of the trials that have no stored summary (the warehouse's
+-- raw_steps_unsummarized: those written since the last `stepscope compact`), as
+-- `steps` shows them: what computed_summaries (intermediate.sql) summarises.
+create or replace view unsummarized_steps as
+select
+    cast(s.sweep_id as varchar) as sweep_id,
+    cast(s.trial_id as varchar) as trial_id,
+    cast(s.iteration as integer) as iteration,
+    cast(s.is_warmup as boolean) as is_warmup,
+    cast(s.phase as varchar) as phase,
+    cast(s.duration_ms as double) as duration_ms,
+    cast(s.host_ms as double) as host_ms,
+    cast(s.gpu_gap_ms as double) as gpu_gap_ms,
+    cast(s.peak_rss_bytes as bigint) as peak_rss_bytes,
+    cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
+    cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes,
+    cast(s.alloc_retries as bigint) as alloc_retries
+from raw_steps_unsummarized as s
+where exists (
+    select 1
+    from raw_trials as t
+    where t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
+);
+
 -- The `sweep` parameter of every named query: a sweep_id, 'latest' (the newest
 -- sweep by created_at) or 'all'. Usage: where in_sweep(sweep_id, $sweep)
 create or replace macro in_sweep(id, choice) as (

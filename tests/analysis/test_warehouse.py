@@ -55,8 +55,9 @@ def test_views_read_only_columns_of_the_schema():
     con = duckdb.connect()
     for table, schema in TABLES.items():
         con.register(f"raw_{table}", schema.empty_table())
+    con.register("raw_steps_unsummarized", TABLES["steps"].empty_table())
     con.execute(views_sql())
-    for view in (*VIEWS, "step_totals"):
+    for view in (*VIEWS, "step_totals", "trial_summaries"):
         con.execute(f"select * from {view}").fetchall()
     for query in list_queries():
         params = {p.name: p.default or "x" for p in query.parameters}

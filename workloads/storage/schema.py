@@ -242,7 +242,46 @@ DEVICES = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"sweeps": SWEEPS, "trials": TRIALS, "steps": STEPS, "devices": DEVICES}
+#: Per-trial statistics of the measured steps, one row per trial and metric: a derived table,
+#: written only by `stepscope compact` (from the steps it compacts) so that comparisons and
+#: named queries read a few rows per trial instead of every step. A trial without a row here
+#: (one written since the last compaction) is summarised from its steps when read, by the same
+#: SQL (queries/intermediate.sql, `computed_summaries`): the two never differ.
+SUMMARIES = pa.schema(
+    [
+        pa.field("sweep_id", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        # 'step' (a whole measured step's total), or a phase of PHASES
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),  # whole measured steps counted
+        pa.field("p50", pa.float64()),  # duration_ms median (quantile_cont), ms
+        pa.field("p10", pa.float64()),
+        pa.field("p90", pa.float64()),
+        pa.field("mean", pa.float64()),
+        pa.field("stddev", pa.float64()),  # sample standard deviation; null with one step
+        pa.field("min", pa.float64()),
+        pa.field("max", pa.float64()),
+        pa.field("outliers", pa.int32()),  # steps beyond 3 scaled MADs of the median (whole_steps' rule)
+        # medians of consecutive blocks of ceil(n^(1/3)) steps, in iteration order (the block bootstrap's units)
+        pa.field("block_p50", pa.list_(pa.float64())),
+        pa.field("host_p50", pa.float64()),  # host_ms median, ms
+        pa.field("gpu_gap_p50", pa.float64()),  # gpu_gap_ms median, ms; null on a CPU
+        pa.field("peak_allocated_bytes", pa.int64()),  # max over the metric's rows
+        pa.field("peak_reserved_bytes", pa.int64()),
+        pa.field("peak_rss_bytes", pa.int64()),
+        pa.field("alloc_retries", pa.int64()),  # summed over the metric's rows
+        pa.field("summary_version", pa.int32(), nullable=False),  # SUMMARY_VERSION when written
+    ]
+)
+
+#: The definition of a `summaries` row (queries/intermediate.sql, `computed_summaries`): a
+#: stored row of another version is not read (the trial is summarised from its steps instead)
+#: until `stepscope compact` rewrites it.
+SUMMARY_VERSION = 1
+
+TABLES: dict[str, pa.Schema] = {
+    "sweeps": SWEEPS, "trials": TRIALS, "steps": STEPS, "devices": DEVICES, "summaries": SUMMARIES,
+}
 
 
 def check_rows(table: str, rows: list[dict]) -> pa.Table:
