@@ -187,3 +187,38 @@ def test_readme_demo_quickstart(stepscope, tmp_path):
         total = sum(c[f"{p}_pct"] for p in ("data", "to_device", "forward", "loss", "backward", "optimizer"))
         assert total == pytest.approx(100, abs=0.5) and c["phases_ms"] > 0
         assert 0 < c["step_ms_p10"] <= c["step_ms_p50"] <= c["step_ms_p90"]
+    # compare on the quickstart store: fp32 against bf16 for each of the 6 configurations.
+    out = stepscope("compare", "--by", "precision", "--format", "json", check_rc=0)
+    document = json.loads(out.stdout)
+    assert document["baseline"] == "bf16" and document["values"] == ["bf16", "fp32"]
+    steps = {(r["workload"], r["batch_size"]): r for r in document["rows"] if r["metric"] == "step_ms"}
+    assert len(steps) == 6 and all(r["unit"] == "step blocks" for r in steps.values())
+    # Each value again, from the Parquet files with pyarrow and a plain loop: the steps'
+    # totals, medians of blocks of ceil(cbrt(10)) = 3 steps (the last takes the 10th), their median.
+    import pyarrow.dataset as ds
+
+    trials = ds.dataset(str(tmp_path / "stepscope-results" / "trials"), format="parquet").to_table(
+        columns=["trial_id", "workload", "batch_size", "precision"]).to_pylist()
+    phases = ds.dataset(str(tmp_path / "stepscope-results" / "steps"), format="parquet").to_table(
+        columns=["trial_id", "iteration", "is_warmup", "duration_ms"]).to_pylist()
+    totals: dict[str, dict[int, float]] = {}
+    for p in phases:
+        if not p["is_warmup"]:
+            totals.setdefault(p["trial_id"], {}).setdefault(p["iteration"], 0.0)
+            totals[p["trial_id"]][p["iteration"]] += p["duration_ms"]
+    for t in trials:
+        step = [totals[t["trial_id"]][i] for i in sorted(totals[t["trial_id"]])]
+        assert len(step) == 10
+        blocks = [statistics.median(step[0:3]), statistics.median(step[3:6]), statistics.median(step[6:10])]
+        row = steps[(t["workload"], t["batch_size"])]
+        figure = row["baseline_value"] if t["precision"] == "bf16" else row["other_value"]
+        assert figure == pytest.approx(statistics.median(blocks), rel=1e-12)
+    for row in steps.values():
+        assert row["ratio"] == pytest.approx(row["other_value"] / row["baseline_value"], rel=1e-12)
+        assert row["ci_low"] <= row["ci_high"] and row["n_baseline"] == row["n_other"] == 3
+        if row["verdict"] == "slower":
+            assert row["ratio"] > 1.05 and row["p_value"] < 0.05 and row["ci_low"] > 1
+        elif row["verdict"] == "same":
+            assert 1 / 1.05 <= row["ratio"] <= 1.05
+        else:
+            assert row["verdict"] in ("faster", "unsure")
