@@ -6,9 +6,14 @@ UNION ALL BY NAME an empty relation of the current schema, so every column is
 there with its type even when no file has it yet (an older file, an empty
 store). The views then rename and cast from those.
 
-Which files are read is decided once, at `connect`, by the rule every reader
-shares (`stepscope.workloads.storage.layout`): files written later need a new
-connection. A local store's files are read by DuckDB itself (read_parquet over the
+Which files are read, and which trials' rows of a compacted file are left out, is
+decided once, at `connect`, by the rule every reader shares
+(`stepscope.workloads.storage.layout.read_plan`): files written later need a new
+connection. `raw_summaries` holds the stored summaries of the current SUMMARY_VERSION
+(those `stepscope compact` wrote), and `raw_steps_unsummarized` the steps of the
+trials without one: the loose steps files, never a compacted steps file whose
+compaction's summaries are current, so a compacted store's summaries read a few rows
+per trial and no step. A local store's files are read by DuckDB itself (read_parquet over the
 listed files); a URI store's (s3://...) through the store's pyarrow filesystem as a
 `pyarrow.dataset`: DuckDB's httpfs extension is not something we can count on.
 
@@ -26,6 +31,7 @@ import shutil
 import tempfile
 import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -37,11 +43,13 @@ from stepscope.analysis.queries import views_sql
 from stepscope.errors import one_line
 from stepscope.workloads.storage.layout import (
     GLOB_CHARS,
+    Source,
     StoreWarning,
     TableFiles,
     describe_skipped,
+    read_plan,
 )
-from stepscope.workloads.storage.schema import TABLES
+from stepscope.workloads.storage.schema import SUMMARY_VERSION, TABLES
 from stepscope.workloads.storage.store import Store, StoreError
 
 
@@ -139,35 +147,55 @@ def open_store(store: str | Store) -> OpenStore:
             f"--store {store.location}: is a file, not a directory; give a store directory or a URI"
         )
     listings = {table: store.table_files(table) for table in TABLES}
+    return open_listed(store, listings)
+
+
+def open_listed(store: Store, listings: Mapping[str, TableFiles], *, stored_summaries: bool = True) -> OpenStore:
+    """`open_store` over listings already made (`Store.table_files` of every table, maybe of
+    some sweeps only), read by `layout.read_plan`. With `stored_summaries=False` the stored
+    summaries are not read and every trial is summarised from its steps (raw_summaries is
+    empty and raw_steps_unsummarized is raw_steps): what `stepscope compact` stores."""
+    root = store.local_root
+    plan = read_plan(listings)
     con = duckdb.connect(":memory:")
     con.execute("set TimeZone = 'UTC'")  # timestamps print the same on every machine
     _private_temp_directory(con)
+    relations = {table: plan.sources[table] for table in TABLES}
+    # The steps of the trials with no stored summary (computed_summaries summarises them):
+    # raw_steps itself when that is all of them (a store never compacted), so that DuckDB
+    # does not bind a second relation over the same files.
+    unsummarized_is_all = not stored_summaries or plan.unsummarized_steps == plan.sources["steps"]
+    if not unsummarized_is_all:
+        relations["steps_unsummarized"] = plan.unsummarized_steps
+    if not stored_summaries:
+        relations["summaries"] = ()
     try:
         for table, schema in TABLES.items():
             con.register(f"_empty_{table}", schema.empty_table())
-            files = listings[table].files
-            if not files:
-                source = None
-            elif root is not None and GLOB_CHARS.isdisjoint(root):
-                source = _local_files(files)
-            else:  # a URI store, or a path DuckDB would read as a pattern: pyarrow reads these files
-                source = _dataset_files(con, store, table, files)
-            union = f" union all by name select * from {source}" if source else ""
-            con.execute(f"create view raw_{table} as select * from _empty_{table}{union}")
+        for name, sources in relations.items():
+            table = "steps" if name == "steps_unsummarized" else name
+            parts = [f"select * from _empty_{table}", *_source_selects(con, store, name, table, sources)]
+            con.execute(f"create view raw_{name} as " + " union all by name ".join(parts))
+        if unsummarized_is_all:
+            con.execute("create view raw_steps_unsummarized as select * from raw_steps")
     except duckdb.Error as exc:  # a file that changed between the listing and its read
         raise StoreError(f"--store {store.location}: cannot read the store: {one_line(exc, with_type=False)}") from None
-    # The steps of trials with no stored summary (trial_summaries computes theirs).
-    con.execute("create view raw_steps_unsummarized as select * from raw_steps")
     con.execute(views_sql())
     _read_only(con, root)
     skipped = [s for listing in listings.values() for s in listing.skipped]
     for line in describe_skipped(skipped):
-        warnings.warn(StoreWarning(line), stacklevel=2)
+        warnings.warn(StoreWarning(line), stacklevel=3)
+    if plan.stale_summaries and stored_summaries:
+        versions = ", ".join(sorted({str(f.summary_version) for f in plan.stale_summaries}))
+        warnings.warn(StoreWarning(
+            f"{len(plan.stale_summaries)} summaries file(s) of summary version {versions}, not {SUMMARY_VERSION}, "
+            f"are not read (their trials are summarised from their steps, which is slower): run stepscope compact "
+            f"to refresh them"), stacklevel=3)
     return OpenStore(con, _contents(store, listings))
 
 
-def _contents(store: Store, listings: dict[str, TableFiles]) -> StoreContents:
-    sweep_ids = frozenset(sweep_id for listing in listings.values() for sweep_id, _ in listing.keys)
+def _contents(store: Store, listings: Mapping[str, TableFiles]) -> StoreContents:
+    sweep_ids = frozenset(sweep_id for listing in listings.values() for sweep_id in listing.sweep_ids)
     skipped = sum(len(listing.skipped) for listing in listings.values())
     if sweep_ids or skipped:
         return StoreContents(store.location, True, sweep_ids, skipped)
@@ -215,23 +243,51 @@ def _read_only(con: duckdb.DuckDBPyConnection, root: str | None) -> None:
     con.execute("set lock_configuration = true")
 
 
-def _local_files(files: tuple[str, ...]) -> str:
+def _source_selects(con: duckdb.DuckDBPyConnection, store: Store, name: str, table: str,
+                    sources: tuple[Source, ...]) -> list[str]:
+    """The selects whose union is what `read_plan` reads of a table: the files without
+    excluded trials in one (the normal case: no filter at all), and each file with some in
+    one of its own that filters them out by trial_id."""
+    local = store.local_root is not None and GLOB_CHARS.isdisjoint(store.local_root)
+    # Local files of one shape (all of a table's, but for files of an older schema) are one
+    # read_parquet: DuckDB then binds it from one footer, not from every file's, and every
+    # view built on it binds it again.
+    groups: dict[tuple, list[str]] = {}
+    for s in sources:
+        if not s.exclude:
+            groups.setdefault(s.shape if local and s.shape else (), []).append(s.path)
+    parts = [(tuple(files), shape != (), frozenset()) for shape, files in groups.items()]
+    parts += [((s.path,), bool(s.shape), s.exclude) for s in sources if s.exclude]
+    selects = []
+    for i, (files, one_shape, exclude) in enumerate(parts):
+        if local:
+            relation = _local_files(files, union_by_name=not one_shape)
+        else:  # a URI store, or a path DuckDB would read as a pattern: pyarrow reads these files
+            relation = _dataset_files(con, store, table, files, f"_files_{name}_{i}")
+        where = f" where trial_id not in ({', '.join(map(_sql_string, sorted(exclude)))})" if exclude else ""
+        selects.append(f"select * from {relation}{where}")
+    return selects
+
+
+def _local_files(files: tuple[str, ...], union_by_name: bool = True) -> str:
     """A read_parquet() call over exactly these files, named one by one (their paths hold
-    no glob character: DuckDB would expand it), so hidden files are never read."""
+    no glob character: DuckDB would expand it), so hidden files are never read.
+    `union_by_name=False` only for files of one shape (same columns, types and order)."""
     paths = "[" + ", ".join(map(_sql_string, files)) + "]"
     # sweep_id is a column of every file, so the hive directory names are not needed.
-    return f"read_parquet({paths}, union_by_name = true, hive_partitioning = false)"
+    return f"read_parquet({paths}, union_by_name = {str(union_by_name).lower()}, hive_partitioning = false)"
 
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _dataset_files(con: duckdb.DuckDBPyConnection, store: Store, table: str, files: tuple[str, ...]) -> str:
-    """Register these files of a URI store as a pyarrow dataset; its name."""
+def _dataset_files(con: duckdb.DuckDBPyConnection, store: Store, table: str, files: tuple[str, ...],
+                   name: str) -> str:
+    """Register these files of `table` of a URI store as a pyarrow dataset called `name`; `name`."""
     fs, _ = store.filesystem()
     # Every field nullable: a file from an older schema lacks some, and reads as null there.
     schema = pa.schema([field.with_nullable(True) for field in TABLES[table]])
     dataset = ds.dataset(list(files), schema=schema, format="parquet", filesystem=fs)
-    con.register(f"_files_{table}", dataset)
-    return f"_files_{table}"
+    con.register(name, dataset)
+    return name

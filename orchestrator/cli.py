@@ -806,9 +806,75 @@ def query(name: str | None, params: tuple[str, ...], list_: bool, store: str | N
         write_rows(result.columns, result.batches, fmt, max_rows)
 
 
+@cli.command()
+@click.option("--out", "out_path", required=True, metavar="FILE.html",
+              help="Where to write the report (replaced atomically if it exists).")
+@store_option
+@click.option("--sweep", default="all", show_default=True, metavar="ID|latest|all", help="Trials of which sweep(s).")
+@click.option("--by", default=None, metavar="AXIS",
+              help="The compare section's axis (default: gpu_model with 2+ models, else device_name, else precision).")
+@click.option("--baseline", default=None, metavar="VALUE", help="The compare section's baseline value.")
+def report(out_path: str, store: str | None, sweep: str, by: str | None, baseline: str | None) -> None:
+    """Write one self-contained HTML report (plots as inline SVG, nothing fetched): the phases
+    of the step per GPU model, throughput against batch size, MFU, memory against capacity,
+    backward/forward, launch-bound configurations, the compare table, devices and specs.
+
+    Example:
+
+        stepscope report --out report.html
+        stepscope report --out h100-vs-a100.html --by gpu_model --baseline A100 --sweep latest
+    """
+    from stepscope.analysis.report import check_out_path, write_report
+    from stepscope.analysis.warehouse import open_store
+
+    check_out_path(out_path)  # a bad --out is reported before the store is read
+    opened = open_store(resolve_store(store))
+    _require_results(opened.contents, store)
+    info = write_report(opened.con, out_path, sweep=sweep, by=by, baseline=baseline, store=opened.contents.location)
+    click.echo(f"{info.path}: {info.size_bytes:,} bytes ({info.size_bytes / 1024:,.0f} KiB)")
+
+
 # SQL may open with a `--` comment, which Click would take for an option: an unknown
 # option-like argument is the SQL text instead (a mistyped option then reads as SQL and
 # gets the "no statement" message, or "unexpected extra argument").
+@cli.command()
+@store_option
+@click.option("--sweep", default="all", show_default=True, metavar="ID|latest|all",
+              help="Which sweep(s) to compact: a sweep id, the newest, or every sweep that needs it.")
+@click.option("--dry-run", is_flag=True, help="Say which sweeps would be compacted; write and delete nothing.")
+def compact(store: str | None, sweep: str, dry_run: bool) -> None:
+    """Rewrite each sweep's per-trial files into one sorted file per table (trials, steps,
+    devices) and store per-trial summaries, so queries over thousands of trials read a few
+    files and comparisons a few rows per trial. The views read the same rows before and
+    after; a trial rewritten later (a retry, a resumed run) is read from its new files.
+    One line per sweep: trials, files before -> after, rows written, seconds. Run it while
+    no sweep writes to the sweeps it compacts (a file rewritten meanwhile is kept, not lost).
+
+    Example:
+
+        stepscope compact
+        stepscope compact --sweep latest --dry-run
+    """
+    from stepscope.analysis.compact import compact_sweep, plan_compaction
+
+    st = Store(resolve_store(store))
+    plan = plan_compaction(st, sweep)
+    _require_results(plan.contents, store)
+    for work in plan.sweeps:
+        if dry_run:
+            click.echo(f"{work.sweep_id}: {work.trials} trials, {work.files} files -> {work.files_after} "
+                       f"(dry run: nothing written)")
+            continue
+        done = compact_sweep(st, work.sweep_id)
+        kept = (f"; kept the loose files of {len(done.kept)} trial(s) rewritten while it ran: compact again later"
+                if done.kept else "")
+        click.echo(f"{done.sweep_id}: {done.trials} trials, {done.files_before} files -> {done.files_after}, "
+                   f"{sum(done.rows.values()):,} rows, {done.seconds:.2f} s{kept}")
+    if plan.settled:
+        click.echo(f"{len(plan.settled)} sweep(s) with nothing to compact: {', '.join(plan.settled[:5])}"
+                   + (", ..." if len(plan.settled) > 5 else ""))
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("sql_text", metavar="SQL")
 @store_option
@@ -873,7 +939,9 @@ def store_check(store: str | None) -> None:
     st = Store(resolve_store(store))
     report = _inspect(st)
     for listing in report.tables:
-        click.echo(f"{listing.table}: {len(listing.files)} file(s) read, {len(listing.skipped)} skipped")
+        compacted = f" ({len(listing.compacted)} compacted)" if listing.compacted else ""
+        click.echo(f"{listing.table}: {len(listing.files) + len(listing.compacted)} file(s) read{compacted}, "
+                   f"{len(listing.skipped)} skipped")
     for skipped in report.skipped:
         click.echo(f"  skipped {skipped}")
     now = time.time()

@@ -245,7 +245,7 @@ stats as (
         quantile_cont(duration_ms, 0.1) as p10,
         quantile_cont(duration_ms, 0.9) as p90,
         avg(duration_ms) as mean,
-        stddev_samp(duration_ms) as stddev,
+        stddev_samp(duration_ms order by iteration) as stddev,  -- ordered: the same bits whatever the files' order
         min(duration_ms) as min,
         max(duration_ms) as max,
         cast(count(*) filter (where deviation_ms > 3 * 1.4826 * mad_ms) as integer) as outliers,
@@ -401,7 +401,7 @@ pooled as (
         t.config,
         quantile_cont(w.step_ms, 0.1) as step_ms_p10,
         quantile_cont(w.step_ms, 0.9) as step_ms_p90,
-        stddev_samp(w.step_ms) / nullif(avg(w.step_ms), 0) as step_ms_cv
+        stddev_samp(w.step_ms order by w.sweep_id, w.trial_id, w.iteration) / nullif(avg(w.step_ms), 0) as step_ms_cv
     from whole_steps as w
     inner join ok_trials as t
         on t.sweep_id = w.sweep_id and t.trial_id = w.trial_id

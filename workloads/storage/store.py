@@ -11,21 +11,36 @@ Within a trial the `steps` and `devices` files are written before the `trials` f
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stepscope.errors import StepscopeError, one_line
-from stepscope.workloads.storage.layout import TableFiles, TableUnreadable, list_table
+from stepscope.workloads.storage.layout import (
+    COMPACTED,
+    COMPACTED_KEY,
+    COMPACTED_TABLES,
+    SUMMARY_VERSION_KEY,
+    Source,
+    TableFiles,
+    TableUnreadable,
+    list_table,
+    read_plan,
+)
 from stepscope.workloads.storage.schema import TABLES, check_rows
 
 DEFAULT_STORE = "./stepscope-results"
+#: Rows per row group of a compacted file: large enough that a reader's per-group cost is
+#: noise, small enough that a filter on a key skips most of a large file by its statistics.
+COMPACTED_ROW_GROUP_ROWS = 1_000_000
 
 
 class StoreError(StepscopeError, RuntimeError):
@@ -116,31 +131,132 @@ class Store:
     def write_sweep(self, row: dict) -> None:
         self.write("sweeps", row["sweep_id"], "sweep", [row])
 
-    def table_files(self, table: str) -> TableFiles:
-        """The files of `table` every reader reads, and those it skips with a reason
-        (`stepscope.workloads.storage.layout`). StoreError when the table's folder
-        exists but cannot be listed."""
+    def write_compacted(self, table: str, sweep_id: str, stem: str, batches: Iterable[pa.RecordBatch],
+                        summary_version: int | None = None) -> tuple[str, int, frozenset[str]]:
+        """Write `batches` (rows of `table`, of sweep `sweep_id`, in the order to store) as the
+        compacted file `stem`.parquet (`stepscope.workloads.storage.layout`): cast to the
+        table's schema, in row groups of COMPACTED_ROW_GROUP_ROWS, its trial ids in the
+        footer (and `summary_version`, which summaries rows must all carry). Atomic as
+        `write` is: a hidden temporary file renamed over the name locally, one upload on an
+        object store. Returns (path, rows, trial ids). ValueError for rows of another sweep
+        or version, or a name that is no compacted file's; StoreError when it cannot write."""
+        if table not in COMPACTED_TABLES or not COMPACTED.match(stem):
+            raise ValueError(f"write_compacted: {table}/{stem} is no compacted file (see layout.COMPACTED)")
+        if (table == "summaries") != (summary_version is not None):
+            raise ValueError("write_compacted: a summary_version goes with the summaries table, and only there")
+        schema = TABLES[table]
+        fs, root = self.filesystem()
+        directory = f"{root}/{table}/sweep_id={sweep_id}"
+        final = f"{directory}/{stem}.parquet"
+        trial_ids: set[str] = set()
+        rows = 0
+
+        def checked() -> Iterable[pa.Table]:
+            """The rows, checked, in tables of COMPACTED_ROW_GROUP_ROWS rows (the last one fewer)."""
+            nonlocal rows
+            pending: list[pa.Table] = []
+            pending_rows = 0
+            for batch in batches:
+                batch = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+                if batch.num_rows == 0:
+                    continue
+                sweeps = set(pc.unique(batch.column("sweep_id")).to_pylist())
+                if sweeps != {sweep_id}:
+                    raise ValueError(f"write_compacted: {table} rows of sweep(s) {sorted(map(str, sweeps))} "
+                                     f"in sweep {sweep_id}'s file")
+                if summary_version is not None and set(pc.unique(batch.column("summary_version")).to_pylist()) != {summary_version}:
+                    raise ValueError(f"write_compacted: summaries rows of another version than {summary_version}")
+                trial_ids.update(pc.unique(batch.column("trial_id")).to_pylist())
+                rows += batch.num_rows
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                while pending_rows >= COMPACTED_ROW_GROUP_ROWS:
+                    full = pa.concat_tables(pending)
+                    yield full.slice(0, COMPACTED_ROW_GROUP_ROWS)
+                    pending = [full.slice(COMPACTED_ROW_GROUP_ROWS)]
+                    pending_rows -= COMPACTED_ROW_GROUP_ROWS
+            if pending_rows:
+                yield pa.concat_tables(pending)
+
+        def write(sink) -> None:
+            with pq.ParquetWriter(sink, schema) as writer:
+                for part in checked():
+                    writer.write_table(part, row_group_size=COMPACTED_ROW_GROUP_ROWS)
+                footer = {COMPACTED_KEY: json.dumps(sorted(trial_ids))}
+                if summary_version is not None:
+                    footer[SUMMARY_VERSION_KEY] = str(summary_version)
+                writer.add_key_value_metadata(footer)  # known once every row is seen
+
+        try:
+            if isinstance(fs, pafs.LocalFileSystem):
+                _write_local_atomic(write, directory, final)
+            else:
+                # Built in memory, then one upload: an object store shows it whole or not at all.
+                buffer = pa.BufferOutputStream()
+                write(buffer)
+                fs.create_dir(directory, recursive=True)
+                with fs.open_output_stream(final) as out:
+                    out.write(buffer.getvalue())
+        except OSError as exc:
+            raise StoreError(f"--store {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+        return final, rows, frozenset(trial_ids)
+
+    def delete_file(self, path: str) -> bool:
+        """Delete one file of the store (a path `table_files` gave); False if it was gone
+        already. StoreError when it cannot be deleted."""
+        fs, _ = self.filesystem()
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"--store {self.location}: cannot delete {path}: {one_line(exc, with_type=False)}") from None
+        return True
+
+    def table_files(self, table: str, sweep_ids: Collection[str] | None = None) -> TableFiles:
+        """The files of `table` that fit the store, and those skipped with a reason
+        (`stepscope.workloads.storage.layout`); with `sweep_ids`, of those sweeps only.
+        Which rows of them are read is `layout.read_plan`'s to say. StoreError when the
+        table's folder exists but cannot be listed."""
         fs, root = self.filesystem()
         try:
-            return list_table(fs, root, table)
+            return list_table(fs, root, table, sweep_ids)
         except TableUnreadable as exc:
             raise StoreError(f"--store {self.location}: {exc}") from None
 
     def read_rows(self, table: str, columns: Sequence[str]) -> list[dict]:
         """`columns` of every committed-or-not row of `table`, with pyarrow alone (no
         DuckDB: `stepscope trial` must run where only torch and pyarrow are). Reads the
-        files `table_files` lists, as the SQL views do (skipped files are not read;
+        rows `layout.read_plan` names, as the SQL views do (skipped files are not read;
         the views warn about them); a column an older file lacks reads as null."""
-        listing = self.table_files(table)
-        if not listing.files:
+        listings = {table: self.table_files(table)}
+        if table != "sweeps" and table != "trials":
+            listings["trials"] = self.table_files("trials")
+        sources = read_plan(listings).sources[table]
+        if not sources:
             return []
         fs, _ = self.filesystem()
-        schema = pa.schema([TABLES[table].field(c).with_nullable(True) for c in columns])
         try:
-            dataset = ds.dataset(list(listing.files), filesystem=fs, format="parquet", schema=schema)
-            return dataset.to_table(columns=list(columns)).to_pylist()
+            return _read_sources(fs, table, sources, list(columns)).to_pylist()
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(f"--store {self.location}: cannot read {table}: {one_line(exc, with_type=False)}") from None
+
+
+def _read_sources(fs: pafs.FileSystem, table: str, sources: Sequence[Source], columns: list[str]) -> pa.Table:
+    """`columns` of these sources' rows: the files without exclusions as one dataset, each
+    file with some as its own, filtered by trial_id."""
+    wanted = columns if "trial_id" in columns or not any(s.exclude for s in sources) else [*columns, "trial_id"]
+    schema = pa.schema([TABLES[table].field(c).with_nullable(True) for c in wanted])
+    whole = [s.path for s in sources if not s.exclude]
+    parts = []
+    if whole:
+        parts.append(ds.dataset(whole, filesystem=fs, format="parquet", schema=schema).to_table(columns=columns))
+    for source in sources:
+        if source.exclude:
+            dataset = ds.dataset([source.path], filesystem=fs, format="parquet", schema=schema)
+            keep = ~pc.field("trial_id").isin(sorted(source.exclude))
+            parts.append(dataset.to_table(columns=columns, filter=keep))
+    return pa.concat_tables(parts)
 
 
 #: S3 requests give up within seconds when the endpoint is unreachable, instead of the
@@ -196,14 +312,18 @@ def probe_write(store: Store, name: str) -> str:
     return path
 
 
-def _write_local_atomic(data: pa.Table, directory: str, final: str) -> None:
+def _write_local_atomic(data, directory: str, final: str) -> None:
+    """`data`: a pa.Table, or a function that writes the file's bytes to the open file it is given."""
     os.makedirs(directory, exist_ok=True)
     name = os.path.basename(final)
     # Hidden and without a .parquet suffix, so no reader's glob ever sees it.
     tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
-            pq.write_table(data, f)
+            if isinstance(data, pa.Table):
+                pq.write_table(data, f)
+            else:
+                data(f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, final)
