@@ -746,7 +746,9 @@ def compare(ctx: click.Context, by: str, baseline: str | None, sweep: str, metri
         heading = "##" if fmt == "markdown" else ""
         click.echo(f"{heading} {result.axis}: {others} against the baseline {result.baseline} "
                    f"({configs} configuration(s); verdicts beyond {result.min_effect:.0%})".strip())
-        columns = [c for c in result.row_columns if c != "baseline"]
+        # The heading names the baseline, and the value too when there is one other.
+        hidden = {"baseline"} | ({"value"} if len(result.values) == 2 else set())
+        columns = [c for c in result.row_columns if c not in hidden]
         write_rows(columns, [[[r.get(c) for c in columns] for r in result.rows]], fmt, max_rows)
         click.echo("")
         click.echo(f"{heading} summary: geometric mean of the ratios across configurations, with a 95% interval".strip())

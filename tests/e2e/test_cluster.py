@@ -6,7 +6,9 @@ Token authentication stays on, as Ray 2.60 starts it; drivers set RAY_AUTH_MODE=
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -79,6 +81,30 @@ def test_gpus_each_runs_the_grid_on_every_type(local_cluster, write_spec, stepsc
         assert gpu in types[node_id], f"{gpu} ran on a node advertising {types[node_id]}"
         assert kind == "cpu"  # the GPUs are logical here; the runner fell back to the CPU
     assert_one_trial_per_gpu_at_a_time(tmp_path / "results")
+    # The two GPU types side by side: one row per batch size, each value again from a plain loop.
+    out = stepscope("compare", "--by", "gpu_model", "--store", "results", "--format", "json", "--metric", "step_ms",
+                    check_rc=0)
+    document = json.loads(out.stdout)
+    assert document["baseline"] == "A100-SXM4-40GB" and document["values"] == ["A100-SXM4-40GB", "H100-SXM-80GB"]
+    steps = q(tmp_path / "results", "select t.gpu, t.batch_size, s.iteration, sum(s.duration_ms) from trials t "
+                                    "join steps s using (sweep_id, trial_id) where not s.is_warmup group by all")
+    totals: dict[tuple, list[float]] = {}
+    for gpu, batch, _, ms in steps:
+        totals.setdefault((gpu, batch), []).append(ms)
+    by_batch = {r["batch_size"]: r for r in document["rows"]}
+    assert sorted(by_batch) == [2, 4, 8]
+    for batch, r in by_batch.items():
+        # 3 measured steps: one block (of ceil(cbrt(3)) = 2 steps, the last taking the third), its median.
+        assert r["baseline_value"] == pytest.approx(statistics.median(totals[("A100-SXM4-40GB", batch)]), rel=1e-12)
+        assert r["other_value"] == pytest.approx(statistics.median(totals[("H100-SXM-80GB", batch)]), rel=1e-12)
+        assert (r["n_baseline"], r["n_other"]) == (1, 1) and r["p_value"] is None
+        assert r["verdict"] in ("same", "unsure")  # one sample a side: never a significant verdict
+    assert document["environment"] == [{"value": "H100-SXM-80GB", "field": "gpu_model",
+                                        "baseline": "A100-SXM4-40GB", "other": "H100-SXM-80GB"}]
+    report = stepscope("report", "--out", "report.html", "--store", "results", check_rc=0)
+    assert "report.html" in report.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert "A100-SXM4-40GB" in page and "H100-SXM-80GB" in page and "http://" not in page.replace("http://www.w3.org", "")
 
 
 def test_process_isolation_takes_each_tasks_gpu_and_cpus(local_cluster, write_spec, stepscope, tmp_path):
