@@ -57,6 +57,7 @@ Torch-free, Ray-free and Click-free: the CLI (`stepscope compare`) prints what t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -147,7 +148,9 @@ class CompareResult:
     summary: list[dict]
     environment: list[dict]
     min_effect: float
-    #: seconds: 'sql' (reading the store), 'stats' (the bootstrap and tests)
+    #: seconds: 'query' (DuckDB running the queries and handing over their rows), 'read'
+    #: (that and building the trials from them), 'samples' (the cells' samples), 'stats'
+    #: (bootstrap, tests, summary, environment), 'total'
     timings: dict[str, float] = field(default_factory=dict)
 
     def failing(self, direction: str, metric: str = "step_ms") -> list[dict]:
@@ -248,7 +251,9 @@ class _Trial:
     peak_bytes: float | None = None
 
 
-def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str) -> tuple[str, list[_Trial], list[str]]:
+def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str) -> tuple[str, list[_Trial], list[str], float]:
+    """(the axis's name, the ok trials with their summaries, the axis's values in order, the
+    seconds DuckDB took: running the two queries and handing over their results)."""
     axis_sql, axis = _axis_expression(con, by)
     drop = {"seed": None}
     if axis not in SWEEP_AXES and axis != "sweep":
@@ -257,9 +262,11 @@ def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str) -> tuple[str, lis
     environment = ", ".join(f't."{c}"' for c in ENVIRONMENT)
     sql = _TRIALS_SQL.format(axis=axis_sql, drop=_sql_string(json.dumps(drop)), device_key=device_key,
                              environment=environment, sweep_filter="in_sweep(t.sweep_id, $sweep)")
+    started = time.perf_counter()
     con.execute(f"create or replace temp table chosen as {sql}", {"sweep": sweep})
     rows = con.execute("select * exclude (sweep_id, trial_id), sweep_id, trial_id from chosen").fetchall()
     names = [d[0] for d in con.description]
+    query_s = time.perf_counter() - started
     trials: dict[tuple[str, str], _Trial] = {}
     for row in rows:
         r = dict(zip(names, row, strict=True))
@@ -268,17 +275,29 @@ def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str) -> tuple[str, lis
             axis_value=r["axis_value"], key=key, batch_size=r["batch_size"], model_flops=r["model_flops"],
             peak_tflops=r["peak_tflops"], power_w=r["power_draw_w_p50"],
             environment={c: r[c] for c in ENVIRONMENT}, created_at=r["sweep_created_at"])
-    for sweep_id, trial_id, metric, p50, blocks, peak in con.execute(_SUMMARIES_SQL).fetchall():
+    # Columnar: a store of thousands of trials has hundreds of thousands of block medians,
+    # which as Python objects would cost more than the query.
+    started = time.perf_counter()
+    table = con.sql(_SUMMARIES_SQL).to_arrow_table()
+    query_s += time.perf_counter() - started
+    blocks = table.column("block_p50").combine_chunks()
+    offsets = blocks.offsets.to_numpy()
+    values = blocks.flatten().to_numpy(zero_copy_only=False).astype(float)
+    p50s = table.column("p50").to_numpy(zero_copy_only=False)
+    peaks = table.column("peak_bytes").to_pylist()
+    for i, (sweep_id, trial_id, metric) in enumerate(zip(table.column("sweep_id").to_pylist(),
+                                                          table.column("trial_id").to_pylist(),
+                                                          table.column("metric").to_pylist(), strict=True)):
         trial = trials.get((sweep_id, trial_id))
-        if trial is None or p50 is None:
+        if trial is None or p50s[i] is None or not np.isfinite(p50s[i]):
             continue
-        trial.step[metric] = (p50, list(blocks or ()))
+        trial.step[metric] = (float(p50s[i]), values[offsets[i]:offsets[i + 1]])
         if metric == "step":
-            trial.peak_bytes = peak
+            trial.peak_bytes = peaks[i]
     con.execute("drop table chosen")
     # A trial with no whole measured step has nothing to compare.
     kept = [t for t in trials.values() if "step" in t.step]
-    return axis, kept, _ordered_values(axis, kept)
+    return axis, kept, _ordered_values(axis, kept), query_s
 
 
 def _ordered_values(axis: str, trials: Sequence[_Trial]) -> list[str]:
@@ -325,38 +344,66 @@ def _resolve_baseline(con: duckdb.DuckDBPyConnection, axis: str, values: list[st
 
 def _samples(cell: list[_Trial], metric: Metric, by_trial: bool) -> np.ndarray:
     """The cell's samples of `metric`: one per trial (`by_trial`) or one per block of steps."""
-    out: list[float] = []
+    if by_trial and metric.name != "peak_memory_bytes":
+        return _trial_samples(cell, metric)
+    parts: list[np.ndarray] = []
     for t in cell:
         if metric.name == "peak_memory_bytes":
             if t.peak_bytes is not None:
-                out.append(float(t.peak_bytes))
+                parts.append(np.array([float(t.peak_bytes)]))
             continue
         source = "step" if metric.name in ("step_ms", "samples_per_s", "mfu", "energy_j_per_sample") \
             else metric.name.removesuffix("_ms")
         if source not in t.step:
             continue
         p50, blocks = t.step[source]
-        times = [p50] if by_trial else blocks
-        out.extend(v for v in map(lambda ms: _derive(metric.name, ms, t), times) if v is not None)
-    return np.asarray(out, dtype=float)
+        derived = _derive(metric.name, np.array([p50]) if by_trial else blocks, t)
+        if derived is not None:
+            parts.append(derived[np.isfinite(derived)])
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
-def _derive(name: str, ms: float, t: _Trial) -> float | None:
-    """`name`'s value for a step (or block median) of `ms` milliseconds in trial `t`."""
+def _trial_samples(cell: list[_Trial], metric: Metric) -> np.ndarray:
+    """One sample per trial (its median), the cell's trials at once: what `_samples` gives,
+    without a numpy call per trial (cells of a hundred repeats are common in large stores)."""
+    source = "step" if metric.name in ("step_ms", "samples_per_s", "mfu", "energy_j_per_sample") \
+        else metric.name.removesuffix("_ms")
+    had = [t for t in cell if source in t.step]
+    ms = np.array([t.step[source][0] for t in had], dtype=float)
+    if metric.name.endswith("_ms"):
+        return ms[np.isfinite(ms)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seconds = np.where(ms > 0, ms / 1000.0, np.nan)
+        batch = np.array([t.batch_size for t in had], dtype=float)
+        if metric.name == "samples_per_s":
+            values = batch / seconds
+        elif metric.name == "mfu":
+            flops = np.array([t.model_flops or np.nan for t in had], dtype=float)
+            peak = np.array([t.peak_tflops or np.nan for t in had], dtype=float)
+            values = flops / seconds / (peak * 1e12)
+        else:
+            power = np.array([np.nan if t.power_w is None else t.power_w for t in had], dtype=float)
+            values = power * seconds / batch
+    return values[np.isfinite(values)]
+
+
+def _derive(name: str, ms: np.ndarray, t: _Trial) -> np.ndarray | None:
+    """`name`'s values for steps (or block medians) of `ms` milliseconds in trial `t`; None
+    where the trial did not record what it needs (FLOPs and a peak; board power)."""
     if name.endswith("_ms"):
         return ms
-    if ms is None or ms <= 0:
-        return None
-    if name == "samples_per_s":
-        return t.batch_size * 1000.0 / ms
-    if name == "mfu":
-        if not t.model_flops or not t.peak_tflops:
-            return None
-        return t.model_flops / (ms / 1000.0) / (t.peak_tflops * 1e12)
-    if name == "energy_j_per_sample":
-        if t.power_w is None:
-            return None
-        return t.power_w * ms / 1000.0 / t.batch_size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seconds = np.where(ms > 0, ms / 1000.0, np.nan)
+        if name == "samples_per_s":
+            return t.batch_size / seconds
+        if name == "mfu":
+            if not t.model_flops or not t.peak_tflops:
+                return None
+            return t.model_flops / seconds / (t.peak_tflops * 1e12)
+        if name == "energy_j_per_sample":
+            if t.power_w is None:
+                return None
+            return t.power_w * seconds / t.batch_size
     raise AssertionError(name)
 
 
@@ -387,31 +434,48 @@ def _verdict(metric: Metric, ratio: float | None, low: float | None, high: float
     return "slower" if worse else "faster"
 
 
-def _resampled_medians(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Medians of `BOOTSTRAP_RESAMPLES` resamples (with replacement) of each row of
-    `samples` (m, n): an (m, resamples) array.
+def _median_positions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """For `BOOTSTRAP_RESAMPLES` resamples (with replacement) of n sorted values: the
+    positions of each resample's two middle values (the same one twice for an odd n), so
+    that a resample's median is the mean of the sorted sample at those positions.
 
     A resample of a sorted sample is its values taken c_1, ..., c_n times, the counts drawn
-    from a multinomial(n, 1/n each): its k-th smallest value is the first x_(j) whose
-    running count reaches k. So one draw of counts gives every row's resample medians by
-    indexing into the sorted rows, with no resample built or sorted: the same resampling
-    distribution as `scipy.stats.bootstrap`'s (which also shares its resample indices across
-    stacked rows), some thousand times faster, which a store of thousands of configurations
-    needs (tests/analysis/test_compare.py holds the two side by side)."""
-    m, n = samples.shape
-    ordered = np.sort(samples, axis=-1)
+    from a multinomial(n, 1/n each); its k-th smallest value is the first x_(j) whose running
+    count reaches k. No resample is built or sorted: the same resampling distribution as
+    `scipy.stats.bootstrap`'s (which also shares its resample indices across stacked rows),
+    some thousand times faster, which a store of thousands of configurations needs
+    (tests/analysis/test_compare.py holds the two side by side)."""
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES)
     running = np.cumsum(counts, axis=-1)  # (resamples, n)
     lower = np.argmax(running >= (n + 1) // 2, axis=-1)  # the ceil(n/2)-th smallest
     upper = np.argmax(running >= n // 2 + 1, axis=-1)  # the (n/2 + 1)-th: the same one for an odd n
+    return lower, upper
+
+
+def _resampled_medians(samples: np.ndarray, positions: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Medians of the resamples `positions` stands for (`_median_positions`), of each row of
+    `samples` (m, n): an (m, resamples) array."""
+    ordered = np.sort(samples, axis=-1)
+    lower, upper = positions
     return (ordered[:, lower] + ordered[:, upper]) / 2
 
 
-def _bootstrap_ratio(base: np.ndarray, other: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=64)
+def _ratio_positions(n_base: int, n_other: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The resample positions of a comparison of n_base against n_other samples: from a
+    generator seeded with SEED for each comparison, the baseline's drawn first. So an interval
+    depends on its own samples only, never on what else was compared (--metric, --sweep) or
+    in which order; and comparisons of the same sizes share one draw."""
+    rng = np.random.default_rng(SEED)
+    return _median_positions(n_base, rng), _median_positions(n_other, rng)
+
+
+def _bootstrap_ratio(base: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """95% percentile bootstrap intervals of median(other) / median(base), for stacked
     comparisons: `base` is (m, n_b), `other` (m, n_o), m comparisons with the same sample
     counts, each side resampled on its own. Returns (low, high), each of shape (m,)."""
-    ratios = _resampled_medians(other, rng) / _resampled_medians(base, rng)
+    base_positions, other_positions = _ratio_positions(base.shape[-1], other.shape[-1])
+    ratios = _resampled_medians(other, other_positions) / _resampled_medians(base, base_positions)
     low, high = np.quantile(ratios, [ALPHA / 2, 1 - ALPHA / 2], axis=-1)
     return low, high
 
@@ -465,17 +529,14 @@ def _test_pairs(pairs: list[_Pair], min_effect: float) -> None:
             # sample a side (a trial of fewer than 8 steps) says nothing of its noise.
             row["verdict"] = _verdict(pair.metric, row["ratio"], None, None, None, min_effect,
                                       tested=row["unit"] != "values")
-    for (nb, no), members in groups.items():
-        per_chunk = max(1, _CHUNK_ELEMENTS // (BOOTSTRAP_RESAMPLES * (nb + no)))
+    for members in groups.values():
+        per_chunk = max(1, _CHUNK_ELEMENTS // (BOOTSTRAP_RESAMPLES * 3))  # two medians and their ratio
         for start in range(0, len(members), per_chunk):
             chunk = members[start:start + per_chunk]
             base = np.stack([m.base for m in chunk])
             other = np.stack([m.other for m in chunk])
             with np.errstate(all="ignore"):
-                # A fresh generator per call: stacked comparisons share one draw of resample
-                # indices, so each interval depends on its own samples only, not on what
-                # else was compared (--metric, --sweep) or in which order.
-                low, high = _bootstrap_ratio(base, other, np.random.default_rng(SEED))
+                low, high = _bootstrap_ratio(base, other)
             p = _mann_whitney(base, other)
             for m, lo, hi, pv in zip(chunk, low, high, p, strict=True):
                 row = m.row
@@ -561,8 +622,8 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
             raise CompareError(f"--metric {', '.join(unknown)}: unknown; choose from {', '.join(METRIC_NAMES)}")
         chosen_metrics = [_BY_NAME[m] for m in metrics]
     started = time.perf_counter()
-    axis, trials, values = _read(con, by, sweep)
-    sql_s = time.perf_counter() - started
+    axis, trials, values, query_s = _read(con, by, sweep)
+    read_s = time.perf_counter() - started
     if len(values) < 2:
         where = f"of sweep {sweep}" if sweep != "all" else "in this store"
         found = f"one value, {values[0]!r}" if values else f"no {by} value at all (null)"
@@ -601,6 +662,7 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
                            other_value=None, ratio=None, ci_low=None, ci_high=None, p_value=None, unit=unit,
                            n_baseline=0, n_other=0, verdict=None)
                 pairs.append(_Pair(row, base, other, metric))
+    samples_s = time.perf_counter() - started - read_s
     stats_started = time.perf_counter()
     _test_pairs(pairs, min_effect)
     rows = [p.row for p in pairs]
@@ -608,7 +670,9 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
     environment = _environment(trials, values, base_value)
     return CompareResult(axis=axis, baseline=base_value, values=values, row_columns=row_columns, rows=rows,
                          summary=summary, environment=environment, min_effect=min_effect,
-                         timings={"sql": sql_s, "stats": time.perf_counter() - stats_started})
+                         timings={"query": query_s, "read": read_s, "samples": samples_s,
+                                  "stats": time.perf_counter() - stats_started,
+                                  "total": time.perf_counter() - started})
 
 
 def _key_order(key: tuple) -> tuple:

@@ -1,7 +1,8 @@
 -- How much longer backward takes than forward: median ms of each and their ratio, per configuration.
 --
--- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
--- trials (its repeats) are pooled. A ratio near 2 is the textbook expectation
+-- Measured (non-warmup) steps of ok trials only; each phase's figure is the median
+-- over the configuration's trials (its repeats) of each trial's median
+-- (trial_summaries). A ratio near 2 is the textbook expectation
 -- for dense layers; far from it points at recomputation, hooks or a slow kernel.
 -- A configuration is every parameter but the seed (config_id: depths, sequence
 -- lengths and a custom workload's own keys count too), on one GPU type and device.
@@ -9,26 +10,26 @@
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
---   trials (ok trials pooled), steps (measured steps), forward_ms, backward_ms,
+--   trials (ok trials), steps (their measured steps), forward_ms, backward_ms,
 --   ratio (backward_ms / forward_ms)
 
 with
 
-chosen_steps as (
+chosen_phases as (
     select *
-    from measured_steps
+    from ok_summaries
     where in_sweep(sweep_id, $sweep)
-        and phase in ('forward', 'backward')
+        and metric in ('forward', 'backward')
 ),
 
 config_medians as (
     select
         config,
         count(distinct trial_id) as trials,
-        count(distinct (trial_id, iteration)) as steps,
-        median(duration_ms) filter (where phase = 'forward') as forward_ms,
-        median(duration_ms) filter (where phase = 'backward') as backward_ms
-    from chosen_steps
+        sum(steps) filter (where metric = 'forward') as steps,
+        median(p50) filter (where metric = 'forward') as forward_ms,
+        median(p50) filter (where metric = 'backward') as backward_ms
+    from chosen_phases
     group by config
 ),
 

@@ -36,19 +36,14 @@ chosen_trials as (
     where in_sweep(sweep_id, $sweep)
 ),
 
-chosen_steps as (
-    select *
-    from measured_steps
-    where in_sweep(sweep_id, $sweep)
-),
-
+-- A trial's 'step' summary holds the highest peaks over its whole measured steps.
 per_trial as (
     select
         sweep_id,
         trial_id,
-        max(coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_bytes
-    from chosen_steps
-    group by sweep_id, trial_id
+        coalesce(peak_allocated_bytes, peak_rss_bytes) as peak_bytes
+    from ok_summaries
+    where in_sweep(sweep_id, $sweep) and metric = 'step'
 ),
 
 -- One row per configuration: a point of its series.

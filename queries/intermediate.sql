@@ -113,9 +113,21 @@ left join whole_steps as w
     on w.sweep_id = s.sweep_id and w.trial_id = s.trial_id and w.iteration = s.iteration
 where not s.is_warmup;
 
+-- The six phases in step order (stepscope.workloads.storage.schema.PHASES, which
+-- tests/analysis/test_warehouse.py holds this to), for queries that read
+-- per-phase summaries rather than step rows (which carry phase_index).
+create or replace view phase_order as
+select
+    phase,
+    cast(phase_index as tinyint) as phase_index
+from (
+    values ('data', 0), ('to_device', 1), ('forward', 2), ('loss', 3), ('backward', 4), ('optimizer', 5)
+) as p (phase, phase_index);
+
 -- Per-trial statistics of the measured steps: one row per trial (every status)
--- and metric, 'step' (a whole step's total) or a phase, over the trial's whole
--- measured steps (those whole_steps keeps: every phase ran). Columns as
+-- and metric, 'step' (a whole step's total), a phase, 'compute' (forward + loss +
+-- backward) or 'forward_loss' (forward + loss), over the trial's whole measured
+-- steps (those whole_steps keeps: every phase ran). Columns as
 -- stepscope.workloads.storage.schema.SUMMARIES lists them:
 --   steps              whole measured steps
 --   p50, p10, p90      quantile_cont of duration_ms (ms): linear interpolation
@@ -132,6 +144,7 @@ where not s.is_warmup;
 --                      1989; L of order n^(1/3): Hall, Horowitz and Jing, "On
 --                      blocking rules for the bootstrap with dependent data",
 --                      Biometrika 82(3), 1995)
+--   durations_ms       every step's duration_ms in iteration order ('step' only)
 --   host_p50, gpu_gap_p50   medians of host_ms and gpu_gap_ms
 --   peak_*_bytes       the highest peak in the metric's rows; alloc_retries summed
 -- computed_summaries computes them from the steps of the trials with no stored
@@ -180,10 +193,36 @@ step_rows as (
     group by sweep_id, trial_id, iteration
 ),
 
+-- Per step, the sums the named queries time: the device's compute (forward, loss
+-- and backward: launch_bound) and forward with its loss (utilization's forward rate).
+part_rows as (
+    select
+        sweep_id,
+        trial_id,
+        iteration,
+        part.metric,
+        sum(duration_ms) as duration_ms,
+        sum(host_ms) as host_ms,
+        sum(gpu_gap_ms) as gpu_gap_ms,
+        max(peak_allocated_bytes) as peak_allocated_bytes,
+        max(peak_reserved_bytes) as peak_reserved_bytes,
+        max(peak_rss_bytes) as peak_rss_bytes,
+        sum(alloc_retries) as alloc_retries
+    from phase_rows
+    inner join (
+        values ('compute', 'forward'), ('compute', 'loss'), ('compute', 'backward'),
+        ('forward_loss', 'forward'), ('forward_loss', 'loss')
+    ) as part (metric, phase)
+        on part.phase = phase_rows.metric
+    group by sweep_id, trial_id, iteration, part.metric
+),
+
 metric_rows as (
     select * from phase_rows
     union all
     select * from step_rows
+    union all
+    select * from part_rows
 ),
 
 ranked as (
@@ -249,6 +288,7 @@ stats as (
         min(duration_ms) as min,
         max(duration_ms) as max,
         cast(count(*) filter (where deviation_ms > 3 * 1.4826 * mad_ms) as integer) as outliers,
+        case when metric = 'step' then list(duration_ms order by iteration) end as durations_ms,
         median(host_ms) as host_p50,
         median(gpu_gap_ms) as gpu_gap_p50,
         max(peak_allocated_bytes) as peak_allocated_bytes,
@@ -273,6 +313,7 @@ select
     s.max,
     s.outliers,
     b.block_p50,
+    s.durations_ms,
     s.host_p50,
     s.gpu_gap_p50,
     s.peak_allocated_bytes,
@@ -290,6 +331,18 @@ create or replace view trial_summaries as
 select * from summaries
 union all
 select * from computed_summaries;
+
+-- One row per ok trial and metric of trial_summaries, with the trial's
+-- configuration key: what the named queries aggregate per configuration (the
+-- median over its trials of each trial's median), reading a compacted store's
+-- few summary rows per trial rather than its steps.
+create or replace view ok_summaries as
+select
+    t.config,
+    s.*
+from trial_summaries as s
+inner join ok_trials as t
+    on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id;
 
 -- One row per trial with a whole measured step (every status): THE per-trial
 -- step statistics, which every named query shows under these names (the
@@ -396,16 +449,28 @@ trial_figures as (
     group by config
 ),
 
-pooled as (
+-- The trials' whole steps pooled: each trial's 'step' summary keeps its steps'
+-- totals (durations_ms, in iteration order), so no step row is read here.
+pooled_steps as (
     select
         t.config,
-        quantile_cont(w.step_ms, 0.1) as step_ms_p10,
-        quantile_cont(w.step_ms, 0.9) as step_ms_p90,
-        stddev_samp(w.step_ms order by w.sweep_id, w.trial_id, w.iteration) / nullif(avg(w.step_ms), 0) as step_ms_cv
-    from whole_steps as w
+        s.trial_id,
+        unnest(s.durations_ms) as step_ms,
+        generate_subscripts(s.durations_ms, 1) as step_index
+    from trial_summaries as s
     inner join ok_trials as t
-        on t.sweep_id = w.sweep_id and t.trial_id = w.trial_id
-    group by t.config
+        on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
+    where s.metric = 'step'
+),
+
+pooled as (
+    select
+        config,
+        quantile_cont(step_ms, 0.1) as step_ms_p10,
+        quantile_cont(step_ms, 0.9) as step_ms_p90,
+        stddev_samp(step_ms order by trial_id, step_index) / nullif(avg(step_ms), 0) as step_ms_cv
+    from pooled_steps
+    group by config
 )
 
 -- The key's gpu_model is null on a CPU with `gpus: any`: a struct compares equal field by field,

@@ -13,8 +13,9 @@
 -- config_step_stats, as in every named query (the median over trials of each
 -- trial's median step, phases' device time summed), and unstable its flag
 -- (pyperf's check: read no verdict from such a configuration without a rerun);
--- the other columns are medians over the pooled measured steps of ok CUDA
--- trials (CPU trials have no device to wait). A configuration is every
+-- the other columns are medians over the configuration's ok CUDA trials of
+-- each trial's median over its measured steps (trial_summaries; CPU trials
+-- have no device to wait). A configuration is every
 -- parameter but the seed (config_id).
 --
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
@@ -33,29 +34,32 @@ chosen_trials as (
         and in_sweep(sweep_id, $sweep)
 ),
 
-per_step as (
+-- Per trial: the median over its steps of a step's summed idle gaps ('step'),
+-- and of its forward + loss + backward device and host time ('compute').
+per_trial as (
     select
         s.config,
         s.trial_id,
-        s.iteration,
-        sum(s.gpu_gap_ms) as gap_ms,
-        sum(s.duration_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_device_ms,
-        sum(s.host_ms) filter (where s.phase in ('forward', 'loss', 'backward')) as compute_host_ms
-    from measured_steps as s
+        max(s.steps) filter (where s.metric = 'step') as steps,
+        max(s.gpu_gap_p50) filter (where s.metric = 'step') as gap_ms,
+        max(s.p50) filter (where s.metric = 'compute') as compute_device_ms,
+        max(s.host_p50) filter (where s.metric = 'compute') as compute_host_ms
+    from ok_summaries as s
     inner join chosen_trials as t
         on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    group by s.config, s.trial_id, s.iteration
+    where s.metric in ('step', 'compute')
+    group by s.config, s.trial_id
 ),
 
 per_config as (
     select
         config,
-        count(distinct trial_id) as trials,
-        count(*) as steps,
+        count(*) as trials,
+        sum(steps) as steps,
         median(gap_ms) as gap_ms,
         median(compute_device_ms) as compute_device_ms,
         median(compute_host_ms) as compute_host_ms
-    from per_step
+    from per_trial
     group by config
 ),
 

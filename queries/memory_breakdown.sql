@@ -30,10 +30,11 @@ chosen_trials as (
     where in_sweep(sweep_id, $sweep)
 ),
 
-chosen_steps as (
+-- Each phase's summary holds its highest peaks over the trial's whole measured steps.
+chosen_phases as (
     select *
-    from measured_steps
-    where in_sweep(sweep_id, $sweep)
+    from ok_summaries
+    where in_sweep(sweep_id, $sweep) and metric in (select phase from phase_order)
 ),
 
 phase_peaks as (
@@ -43,8 +44,8 @@ phase_peaks as (
         max(peak_allocated_bytes) as peak_allocated_bytes,
         max(peak_reserved_bytes) as peak_reserved_bytes,
         max(peak_rss_bytes) as peak_rss_bytes,
-        arg_max(phase, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase
-    from chosen_steps
+        arg_max(metric, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase
+    from chosen_phases
     group by sweep_id, trial_id
 ),
 

@@ -17,27 +17,33 @@
 
 with
 
-chosen_steps as (
-    select *
-    from measured_steps
-    where in_sweep(sweep_id, $sweep)
+-- Each phase's summary holds its highest peaks over the trial's whole measured
+-- steps, and its allocator retries summed.
+chosen_phases as (
+    select
+        s.*,
+        p.phase_index
+    from ok_summaries as s
+    inner join phase_order as p
+        on p.phase = s.metric
+    where in_sweep(s.sweep_id, $sweep)
 ),
 
 per_phase as (
     select
         s.config,
         s.phase_index,
-        s.phase,
+        s.metric as phase,
         max(s.peak_allocated_bytes) as peak_allocated_bytes,
         max(s.peak_reserved_bytes) as peak_reserved_bytes,
         max(s.peak_rss_bytes) as peak_rss_bytes,
         sum(s.alloc_retries) as alloc_retries,
         max(t.non_torch_bytes) as non_torch_bytes,
         max(t.device_memory_bytes) as device_memory_bytes
-    from chosen_steps as s
+    from chosen_phases as s
     inner join ok_trials as t
         on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
-    group by s.config, s.phase_index, s.phase
+    group by s.config, s.phase_index, s.metric
 ),
 
 final as (

@@ -1,7 +1,9 @@
 -- Where a training step's time goes: median ms and share of each phase, per configuration.
 --
--- Measured (non-warmup) steps of ok trials only; the steps of a configuration's
--- trials (its repeats) are pooled. share_pct is the phase's median over the sum
+-- Measured (non-warmup) steps of ok trials only. median_ms is the median over a
+-- configuration's trials (its repeats) of each trial's median (trial_summaries:
+-- read from a compacted store's summaries, not from its steps), as step_ms_p50
+-- is everywhere; with one trial, that trial's median. share_pct is the phase's median over the sum
 -- of the phases' medians, so the shares of a configuration add up to ~100. That
 -- sum is phase_shares' phases_ms, not the median step (step_ms_p50 in
 -- phase_shares and trials): a sum of medians is not the median of sums.
@@ -11,28 +13,30 @@
 -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
---   phase_index, phase, trials (ok trials pooled), steps (measured steps),
+--   phase_index, phase, trials (ok trials), steps (their measured steps),
 --   median_ms (duration_ms), median_host_ms, share_pct
 
 with
 
-chosen_steps as (
+chosen_phases as (
     select *
-    from measured_steps
+    from ok_summaries
     where in_sweep(sweep_id, $sweep)
 ),
 
 phase_medians as (
     select
-        config,
-        phase_index,
-        phase,
-        count(distinct trial_id) as trials,
-        count(*) as steps,
-        median(duration_ms) as median_ms,
-        median(host_ms) as median_host_ms
-    from chosen_steps
-    group by config, phase_index, phase
+        c.config,
+        p.phase_index,
+        c.metric as phase,
+        count(*) as trials,
+        sum(c.steps) as steps,
+        median(c.p50) as median_ms,
+        median(c.host_p50) as median_host_ms
+    from chosen_phases as c
+    inner join phase_order as p
+        on p.phase = c.metric
+    group by c.config, p.phase_index, c.metric
 ),
 
 final as (

@@ -20,7 +20,7 @@
 -- trials' wall-clock throughput (batch_size * measured steps / measured_wall_s).
 --
 -- The shares are of phases_ms, the sum of the six phases' medians (each phase's
--- median over the pooled steps, as phase_breakdown shows them), so they add up
+-- median over the trials of each trial's median, as phase_breakdown shows them), so they add up
 -- to 100. phases_ms is not step_ms_p50: a sum of medians is not the median of
 -- sums (the phases' slow steps need not be the same steps), and step_ms_p50 is
 -- a median of trial medians; the two agree when the steps are steady, and a
@@ -36,10 +36,10 @@
 
 with
 
-chosen_steps as (
+chosen_phases as (
     select *
-    from measured_steps
-    where in_sweep(sweep_id, $sweep)
+    from ok_summaries
+    where in_sweep(sweep_id, $sweep) and metric in (select phase from phase_order)
 ),
 
 chosen_stats as (
@@ -51,10 +51,10 @@ chosen_stats as (
 phase_medians as (
     select
         config,
-        phase,
-        median(duration_ms) as median_ms
-    from chosen_steps
-    group by config, phase
+        metric as phase,
+        median(p50) as median_ms
+    from chosen_phases
+    group by config, metric
 ),
 
 per_config as (

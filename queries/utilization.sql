@@ -42,27 +42,18 @@ chosen_trials as (
         and in_sweep(sweep_id, $sweep)
 ),
 
-step_phases as (
+-- Per trial: the median over its steps of forward + loss, and of backward.
+phase_ms as (
     select
         s.sweep_id,
         s.trial_id,
-        s.iteration,
-        sum(s.duration_ms) filter (where s.phase in ('forward', 'loss')) as forward_ms,
-        sum(s.duration_ms) filter (where s.phase = 'backward') as backward_ms
-    from measured_steps as s
+        max(s.p50) filter (where s.metric = 'forward_loss') as forward_ms,
+        max(s.p50) filter (where s.metric = 'backward') as backward_ms
+    from ok_summaries as s
     inner join chosen_trials as t
         on s.sweep_id = t.sweep_id and s.trial_id = t.trial_id
-    group by s.sweep_id, s.trial_id, s.iteration
-),
-
-phase_ms as (
-    select
-        sweep_id,
-        trial_id,
-        median(forward_ms) as forward_ms,
-        median(backward_ms) as backward_ms
-    from step_phases
-    group by sweep_id, trial_id
+    where s.metric in ('forward_loss', 'backward')
+    group by s.sweep_id, s.trial_id
 ),
 
 per_trial as (

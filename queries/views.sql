@@ -221,6 +221,7 @@ select
     cast(s.max as double) as max,
     cast(s.outliers as integer) as outliers,
     cast(s.block_p50 as double[]) as block_p50,
+    cast(s.durations_ms as double[]) as durations_ms,
     cast(s.host_p50 as double) as host_p50,
     cast(s.gpu_gap_p50 as double) as gpu_gap_p50,
     cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,

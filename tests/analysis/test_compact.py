@@ -110,7 +110,7 @@ def test_views_and_every_named_query_read_the_same_after_compaction(store, write
 
     assert [(d.sweep_id, d.trials, d.files_before, d.files_after) for d in done] == [
         ("s1", 5, 16, 5), ("s2", 5, 15, 4)]  # 5 trials, steps and devices files each; s1's orphan stays
-    assert [d.rows for d in done] == [{"steps": 270, "devices": 5, "summaries": 5 * 7, "trials": 5}] * 2
+    assert [d.rows for d in done] == [{"steps": 270, "devices": 5, "summaries": 5 * 9, "trials": 5}] * 2
     after = snapshot(store, queries=True)
     assert same(after, before)
     assert {k: v for k, v in after.items() if k in ("trials", "steps", "devices", "sweeps")} == {
@@ -147,7 +147,7 @@ def test_stored_summaries_equal_the_sql_that_computes_them_and_no_step_is_read_f
     con = connect(store)
     stored = con.execute("select * from summaries order by all").fetchall()
     names = [c[0] for c in con.description]
-    assert len(stored) == 10 * 7
+    assert len(stored) == 10 * 9  # step, six phases, compute, forward_loss
     # The fast path: no compacted step is read for a summary; the orphan's (loose) steps are
     # there, and the views' commit rule hides them.
     assert con.execute("select distinct trial_id from raw_steps_unsummarized").fetchall() == [("orphan",)]
@@ -177,10 +177,12 @@ def test_a_stored_summary_is_what_numpy_computes(store, write, rows):
 
     measured = [r for r in steps if not r["is_warmup"]]
     by_metric = {phase: [r for r in measured if r["phase"] == phase] for phase in PHASES}
-    by_metric["step"] = [[r for r in measured if r["iteration"] == i] for i in range(2, 11)]
+    parts = {"step": PHASES, "compute": ("forward", "loss", "backward"), "forward_loss": ("forward", "loss")}
+    for name, phases in parts.items():
+        by_metric[name] = [[r for r in measured if r["iteration"] == i and r["phase"] in phases] for i in range(2, 11)]
     assert sorted(stored) == sorted(by_metric)
     for metric, items in by_metric.items():
-        if metric == "step":  # a step's phases summed; peaks the highest, retries summed
+        if metric in parts:  # per step, those phases summed; peaks the highest, retries summed
             ms = np.array([sum(r["duration_ms"] for r in step) for step in items])
             host = np.array([sum(r["host_ms"] for r in step) for step in items])
             gap = np.array([sum(r["gpu_gap_ms"] for r in step) for step in items])
@@ -203,7 +205,9 @@ def test_a_stored_summary_is_what_numpy_computes(store, write, rows):
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in flat),
             "alloc_retries": sum(r["alloc_retries"] for r in flat),
         }
+        want["durations_ms"] = list(ms) if metric == "step" else None
         got = stored[metric]
+        assert got["durations_ms"] == want.pop("durations_ms")
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-12), (metric, key)
     assert stored["step"]["outliers"] >= 1 and stored["forward"]["outliers"] >= 1 and stored["backward"]["outliers"] >= 1
@@ -390,7 +394,7 @@ def test_a_loose_summaries_file_is_skipped(store, write):
     with pytest.warns(StoreWarning, match=r"t1\.parquet: the summaries table holds only the files `stepscope "
                                           r"compact` writes \(compacted-\*\.parquet\)"):
         con = connect(store)
-    assert con.execute("select count(*) from summaries").fetchone() == (7,)
+    assert con.execute("select count(*) from summaries").fetchone() == (9,)
 
 
 def test_summaries_of_another_version_are_not_read_until_compacted_again(store, write):
@@ -459,7 +463,7 @@ def test_the_compact_command(store, write, rows, cli_runner, tmp_path):
     run = cli_runner("compact", "--store", store.location, "--sweep", "latest")
     assert run.exit_code == 0
     (line,) = run.output.splitlines()
-    assert line.startswith("s2: 5 trials, 15 files -> 4, 315 rows, ") and line.endswith(" s")
+    assert line.startswith("s2: 5 trials, 15 files -> 4, 325 rows, ") and line.endswith(" s")
     again = cli_runner("compact", "--store", store.location)
     assert again.exit_code == 0 and again.output.splitlines()[-1] == "1 sweep(s) with nothing to compact: s2"
     assert again.output.splitlines()[0].startswith("s1: 5 trials, 16 files -> 5, ")  # its orphan stays

@@ -199,13 +199,20 @@ def test_phase_shares_one_row_per_configuration(store, write):
     assert second["step_ms_p50"] == 12.0 and second["forward_pct"] == 58.3 and second["gpu_model"] is None
 
 
-def test_phase_breakdown_pools_the_steps_of_repeats(store, write):
+def test_phase_breakdown_is_the_median_of_the_repeats_medians(store, write):
+    # Trial medians 4, 10 and 20: their median is 10 (the 9 steps pooled would give 8), as
+    # step_ms_p50 is the median of the trials' median steps.
     write.sweep("s1")
     write.trial("s1", "r0", {"forward": [2.0, 4.0, 6.0]}, repeat=0)
     write.trial("s1", "r1", {"forward": [8.0, 10.0, 12.0]}, trial_index=1, repeat=1)
-    got = records(run_query(connect(store), "phase_breakdown", {}))
+    write.trial("s1", "r2", {"forward": [1.0, 20.0, 30.0]}, trial_index=2, repeat=2)
+    con = connect(store)
+    got = records(run_query(con, "phase_breakdown", {}))
     forward = next(r for r in got if r["phase"] == "forward")
-    assert (forward["median_ms"], forward["trials"], forward["steps"]) == (7.0, 2, 6)
+    assert (forward["median_ms"], forward["trials"], forward["steps"]) == (10.0, 3, 9)
+    (shares,) = records(run_query(con, "phase_shares", {}))
+    assert shares["phases_ms"] == 10.0 + 5 * 1.0  # the other phases take 1 ms every step
+    assert shares["step_ms_p50"] == 15.0  # the trials' median steps: 9, 15 and 25
 
 
 # -- backward_forward_ratio -----------------------------------------------------------------------

@@ -202,3 +202,10 @@ def test_devices_keeps_the_latest_committed_observation_of_each_device(store, ro
         "select t.trial_id, d.gpu_variant from trials t join devices d using (device_uuid) order by 1"
     ).fetchall()
     assert joined == [("t1", "H100-SXM-80GB"), ("t2", "H100-SXM-80GB"), ("t3", None)]
+
+
+def test_phase_order_is_the_schemas(store):
+    from stepscope.workloads.storage.schema import PHASES
+
+    con = connect(store.location)
+    assert con.execute("select phase from phase_order order by phase_index").fetchall() == [(p,) for p in PHASES]

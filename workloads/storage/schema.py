@@ -251,7 +251,8 @@ SUMMARIES = pa.schema(
     [
         pa.field("sweep_id", pa.string(), nullable=False),
         pa.field("trial_id", pa.string(), nullable=False),
-        # 'step' (a whole measured step's total), or a phase of PHASES
+        # 'step' (a whole measured step's total), a phase of PHASES, 'compute' (forward + loss +
+        # backward) or 'forward_loss' (forward + loss): per step, summed over those phases
         pa.field("metric", pa.string(), nullable=False),
         pa.field("steps", pa.int32(), nullable=False),  # whole measured steps counted
         pa.field("p50", pa.float64()),  # duration_ms median (quantile_cont), ms
@@ -264,6 +265,9 @@ SUMMARIES = pa.schema(
         pa.field("outliers", pa.int32()),  # steps beyond 3 scaled MADs of the median (whole_steps' rule)
         # medians of consecutive blocks of ceil(n^(1/3)) steps, in iteration order (the block bootstrap's units)
         pa.field("block_p50", pa.list_(pa.float64())),
+        # every whole measured step's duration_ms, in iteration order: for metric 'step' only
+        # (null for the others), so per-configuration quantiles pool the steps of its trials
+        pa.field("durations_ms", pa.list_(pa.float64())),
         pa.field("host_p50", pa.float64()),  # host_ms median, ms
         pa.field("gpu_gap_p50", pa.float64()),  # gpu_gap_ms median, ms; null on a CPU
         pa.field("peak_allocated_bytes", pa.int64()),  # max over the metric's rows
@@ -277,7 +281,7 @@ SUMMARIES = pa.schema(
 #: The definition of a `summaries` row (queries/intermediate.sql, `computed_summaries`): a
 #: stored row of another version is not read (the trial is summarised from its steps instead)
 #: until `stepscope compact` rewrites it.
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: metrics 'compute' and 'forward_loss', and durations_ms
 
 TABLES: dict[str, pa.Schema] = {
     "sweeps": SWEEPS, "trials": TRIALS, "steps": STEPS, "devices": DEVICES, "summaries": SUMMARIES,
