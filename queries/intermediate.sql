@@ -450,27 +450,25 @@ trial_figures as (
 ),
 
 -- The trials' whole steps pooled: each trial's 'step' summary keeps its steps'
--- totals (durations_ms, in iteration order), so no step row is read here.
-pooled_steps as (
-    select
-        t.config,
-        s.trial_id,
-        unnest(s.durations_ms) as step_ms,
-        generate_subscripts(s.durations_ms, 1) as step_index
-    from trial_summaries as s
-    inner join ok_trials as t
-        on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
-    where s.metric = 'step'
-),
-
+-- totals (durations_ms, in iteration order), so no step row is read here; the
+-- lists are joined in trial order, so the standard deviation is summed in one
+-- order whatever the files'.
 pooled as (
     select
         config,
-        quantile_cont(step_ms, 0.1) as step_ms_p10,
-        quantile_cont(step_ms, 0.9) as step_ms_p90,
-        stddev_samp(step_ms order by trial_id, step_index) / nullif(avg(step_ms), 0) as step_ms_cv
-    from pooled_steps
-    group by config
+        list_aggregate(step_ms, 'quantile_cont', 0.1) as step_ms_p10,
+        list_aggregate(step_ms, 'quantile_cont', 0.9) as step_ms_p90,
+        list_aggregate(step_ms, 'stddev_samp') / nullif(list_aggregate(step_ms, 'avg'), 0) as step_ms_cv
+    from (
+        select
+            t.config,
+            flatten(list(s.durations_ms order by s.sweep_id, s.trial_id)) as step_ms
+        from trial_summaries as s
+        inner join ok_trials as t
+            on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
+        where s.metric = 'step'
+        group by t.config
+    )
 )
 
 -- The key's gpu_model is null on a CPU with `gpus: any`: a struct compares equal field by field,
