@@ -119,7 +119,7 @@ where not s.is_warmup;
 create or replace view phase_order as
 select
     phase,
-    cast(phase_index as tinyint) as phase_index
+    cast(phase_index as integer) as phase_index
 from (
     values ('data', 0), ('to_device', 1), ('forward', 2), ('loss', 3), ('backward', 4), ('optimizer', 5)
 ) as p (phase, phase_index);
@@ -176,25 +176,9 @@ phase_rows as (
     where phase_count = 6
 ),
 
-step_rows as (
-    select
-        sweep_id,
-        trial_id,
-        iteration,
-        'step' as metric,
-        sum(duration_ms) as duration_ms,
-        sum(host_ms) as host_ms,
-        sum(gpu_gap_ms) as gpu_gap_ms,
-        max(peak_allocated_bytes) as peak_allocated_bytes,
-        max(peak_reserved_bytes) as peak_reserved_bytes,
-        max(peak_rss_bytes) as peak_rss_bytes,
-        sum(alloc_retries) as alloc_retries
-    from phase_rows
-    group by sweep_id, trial_id, iteration
-),
-
--- Per step, the sums the named queries time: the device's compute (forward, loss
--- and backward: launch_bound) and forward with its loss (utilization's forward rate).
+-- Per step, its phases summed: the whole step ('step'), the device's compute
+-- (forward, loss and backward: launch_bound's 'compute') and forward with its
+-- loss (utilization's forward rate, 'forward_loss').
 part_rows as (
     select
         sweep_id,
@@ -210,8 +194,12 @@ part_rows as (
         sum(alloc_retries) as alloc_retries
     from phase_rows
     inner join (
-        values ('compute', 'forward'), ('compute', 'loss'), ('compute', 'backward'),
-        ('forward_loss', 'forward'), ('forward_loss', 'loss')
+        select 'step' as metric, phase from phase_order
+        union all
+        select * from (
+            values ('compute', 'forward'), ('compute', 'loss'), ('compute', 'backward'),
+            ('forward_loss', 'forward'), ('forward_loss', 'loss')
+        )
     ) as part (metric, phase)
         on part.phase = phase_rows.metric
     group by sweep_id, trial_id, iteration, part.metric
@@ -219,8 +207,6 @@ part_rows as (
 
 metric_rows as (
     select * from phase_rows
-    union all
-    select * from step_rows
     union all
     select * from part_rows
 ),

@@ -126,7 +126,10 @@ where attempt_rank = 1;
 
 -- A trial's trials row is written last and commits its steps file: steps
 -- without one are an interrupted write, so the semi-join hides them.
-create or replace view steps as
+-- committed_steps('raw_steps') is the steps view; the warehouse's
+-- raw_steps_unsummarized (the steps of trials with no stored summary) goes
+-- through the same casts as unsummarized_steps, below.
+create or replace macro committed_steps(source) as table
 select
     cast(s.sweep_id as varchar) as sweep_id,
     cast(s.trial_id as varchar) as trial_id,
@@ -141,12 +144,15 @@ select
     cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
     cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes,
     cast(s.alloc_retries as bigint) as alloc_retries
-from raw_steps as s
+from query_table(source) as s
 where exists (
     select 1
     from raw_trials as t
     where t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
 );
+
+create or replace view steps as
+select * from committed_steps('raw_steps');
 
 -- One row per device (device_uuid: NVML's UUID on a GPU, CPU-<host> on a CPU),
 -- as last seen by a committed trial. Join with trials on device_uuid.
@@ -239,25 +245,7 @@ where exists (
 -- raw_steps_unsummarized: those written since the last `stepscope compact`), as
 -- `steps` shows them: what computed_summaries (intermediate.sql) summarises.
 create or replace view unsummarized_steps as
-select
-    cast(s.sweep_id as varchar) as sweep_id,
-    cast(s.trial_id as varchar) as trial_id,
-    cast(s.iteration as integer) as iteration,
-    cast(s.is_warmup as boolean) as is_warmup,
-    cast(s.phase as varchar) as phase,
-    cast(s.duration_ms as double) as duration_ms,
-    cast(s.host_ms as double) as host_ms,
-    cast(s.gpu_gap_ms as double) as gpu_gap_ms,
-    cast(s.peak_rss_bytes as bigint) as peak_rss_bytes,
-    cast(s.peak_allocated_bytes as bigint) as peak_allocated_bytes,
-    cast(s.peak_reserved_bytes as bigint) as peak_reserved_bytes,
-    cast(s.alloc_retries as bigint) as alloc_retries
-from raw_steps_unsummarized as s
-where exists (
-    select 1
-    from raw_trials as t
-    where t.sweep_id = s.sweep_id and t.trial_id = s.trial_id
-);
+select * from committed_steps('raw_steps_unsummarized');
 
 -- The `sweep` parameter of every named query: a sweep_id, 'latest' (the newest
 -- sweep by created_at) or 'all'. Usage: where in_sweep(sweep_id, $sweep)
