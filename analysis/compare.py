@@ -148,16 +148,23 @@ class CompareResult:
     summary: list[dict]
     environment: list[dict]
     min_effect: float
+    #: What the baseline has that a value lacks: per value, the baseline's configurations it has
+    #: no ok trial of, and a value with trials none of which ended ok (GAP_COLUMNS).
+    gaps: list[dict] = field(default_factory=list)
+    #: The metrics `failing` looks at: step_ms when compared, else every compared metric.
+    gate_metrics: list[str] = field(default_factory=lambda: ["step_ms"])
     #: seconds: 'query' (DuckDB running the queries and handing over their rows), 'read'
     #: (that and building the trials from them), 'samples' (the cells' samples), 'stats'
     #: (bootstrap, tests, summary, environment), 'total'
     timings: dict[str, float] = field(default_factory=dict)
 
-    def failing(self, direction: str, metric: str = "step_ms") -> list[dict]:
-        """The rows of `metric` whose verdict is `direction` ('slower', 'faster') or, for
-        'changed', any verdict but `same` and `unsure`."""
+    def failing(self, direction: str) -> list[dict]:
+        """The rows of the gate's metrics (`gate_metrics`) whose verdict is `direction`
+        ('slower', 'faster'; for 'changed' any verdict but `same` and `unsure`). Gaps (a
+        configuration the baseline has and a value lacks, a value with no ok trial) are the
+        CLI's to add: a gate on 'slower' or 'changed' fails on them too."""
         wanted = {"changed": {"slower", "faster", "more", "less"}}.get(direction, {direction})
-        return [r for r in self.rows if r["metric"] == metric and r["verdict"] in wanted]
+        return [r for r in self.rows if r["metric"] in self.gate_metrics and r["verdict"] in wanted]
 
 
 ROW_STATS = ("metric", "baseline", "value", "baseline_value", "other_value", "ratio", "ci_low", "ci_high",
@@ -165,6 +172,7 @@ ROW_STATS = ("metric", "baseline", "value", "baseline_value", "other_value", "ra
 SUMMARY_COLUMNS = ("value", "metric", "configs", "geomean_ratio", "ci_low", "ci_high",
                    "faster_or_less", "slower_or_more", "same", "unsure")
 ENVIRONMENT_COLUMNS = ("value", "field", "baseline", "other")
+GAP_COLUMNS = ("value", "missing_configs", "detail")
 
 
 # ------------------------------------------------------------------ reading the store
@@ -251,19 +259,62 @@ class _Trial:
     peak_bytes: float | None = None
 
 
-def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str) -> tuple[str, list[_Trial], list[str], float]:
+def _sweeps(con: duckdb.DuckDBPyConnection, sweep: str, axis: str, baseline: str | None) -> list[str] | None:
+    """The sweep ids `--sweep` names (None: every sweep): 'all', 'latest', or a comma-separated
+    list of sweep ids and sweep names (a name: every sweep of that name). With --by sweep and
+    a --baseline, the baseline's sweep is always in: `--sweep latest` then compares the
+    newest sweep with the baseline. CompareError names an unknown sweep."""
+    known = con.execute("select sweep_id, name, created_at from sweeps union all select distinct sweep_id, null, null "
+                        "from trials where sweep_id not in (select sweep_id from sweeps)").fetchall()
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for sweep_id, name, _ in known:
+        if name:
+            by_name[name].append(sweep_id)
+    ids = {row[0] for row in known}
+    items = [item.strip() for item in sweep.split(",") if item.strip()]
+    if not items:
+        raise CompareError("--sweep: give all, latest, or sweep ids or names separated by commas")
+    if "all" in items:
+        return None
+    chosen: list[str] = []
+    for item in items:
+        if item == "latest":
+            dated = [r for r in known if r[2] is not None]
+            if not dated:
+                raise CompareError("--sweep latest: no sweeps row tells the newest sweep; give a sweep id")
+            chosen.append(max(dated, key=lambda r: (r[2], r[0]))[0])
+        elif item in ids:
+            chosen.append(item)
+        elif item in by_name:
+            chosen += by_name[item]
+        else:
+            shown = ", ".join(sorted(ids)[:10]) + (f" (and {len(ids) - 10} more)" if len(ids) > 10 else "")
+            raise CompareError(f"--sweep {item}: no such sweep in the store; use latest, all, or sweep ids or "
+                               f"names: {shown or 'none'}")
+    if axis == "sweep" and baseline is not None:
+        if baseline in ids:
+            chosen.append(baseline)
+        elif len(by_name.get(baseline, ())) == 1:
+            chosen += by_name[baseline]
+    return sorted(set(chosen))
+
+
+def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str, baseline: str | None = None
+          ) -> tuple[str, list[_Trial], list[str], float, dict[str, dict]]:
     """(the axis's name, the ok trials with their summaries, the axis's values in order, the
-    seconds DuckDB took: running the two queries and handing over their results)."""
+    seconds DuckDB took: running the queries and handing over their results, and per axis
+    value of the chosen sweeps' trials, every status: {'trials': n, 'ok': n, 'statuses': text})."""
     axis_sql, axis = _axis_expression(con, by)
+    chosen_sweeps = _sweeps(con, sweep, axis, baseline)
     drop = {"seed": None}
     if axis not in SWEEP_AXES and axis != "sweep":
         drop[axis] = None
     device_key = "null" if axis in DEVICE_AXES else "concat_ws(' / ', coalesce(t.gpu_model, t.gpu), t.device_name)"
     environment = ", ".join(f't."{c}"' for c in ENVIRONMENT)
     sql = _TRIALS_SQL.format(axis=axis_sql, drop=_sql_string(json.dumps(drop)), device_key=device_key,
-                             environment=environment, sweep_filter="in_sweep(t.sweep_id, $sweep)")
+                             environment=environment, sweep_filter="($sweeps is null or list_contains($sweeps, t.sweep_id))")
     started = time.perf_counter()
-    con.execute(f"create or replace temp table chosen as {sql}", {"sweep": sweep})
+    con.execute(f"create or replace temp table chosen as {sql}", {"sweeps": chosen_sweeps})
     rows = con.execute("select * exclude (sweep_id, trial_id), sweep_id, trial_id from chosen").fetchall()
     names = [d[0] for d in con.description]
     query_s = time.perf_counter() - started
@@ -297,7 +348,21 @@ def _read(con: duckdb.DuckDBPyConnection, by: str, sweep: str) -> tuple[str, lis
     con.execute("drop table chosen")
     # A trial with no whole measured step has nothing to compare.
     kept = [t for t in trials.values() if "step" in t.step]
-    return axis, kept, _ordered_values(axis, kept), query_s
+    statuses = _statuses(con, axis_sql, chosen_sweeps)
+    return axis, kept, _ordered_values(axis, kept), query_s, statuses
+
+
+def _statuses(con: duckdb.DuckDBPyConnection, axis_sql: str, sweeps: list[str] | None) -> dict[str, dict]:
+    """Per axis value, the chosen sweeps' trials of every status: how many, how many ok, and
+    the count of each status (e.g. '3 failed, 1 ok')."""
+    rows = con.execute(
+        f"""select axis_value, sum(n), sum(n) filter (where status = 'ok'),
+                   string_agg(n || ' ' || status, ', ' order by status)
+            from (select {axis_sql} as axis_value, t.status, count(*) as n from trials as t
+                  where ($sweeps is null or list_contains($sweeps, t.sweep_id)) and {axis_sql} is not null
+                  group by all)
+            group by axis_value""", {"sweeps": sweeps}).fetchall()
+    return {value: {"trials": int(total), "ok": int(ok or 0), "statuses": text} for value, total, ok, text in rows}
 
 
 def _ordered_values(axis: str, trials: Sequence[_Trial]) -> list[str]:
@@ -613,22 +678,29 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
     `metrics`: names from `METRIC_NAMES` (default: all). Raises CompareError for an unknown
     axis, metric or baseline, a negative minimum effect, or an axis with fewer than 2 values.
     """
-    if not 0 <= min_effect < 10:
-        raise CompareError(f"--min-effect {min_effect}: give a fraction, e.g. 0.05 for 5%")
+    if not (math.isfinite(min_effect) and 0 <= min_effect < 1):
+        raise CompareError(f"--min-effect {min_effect}: give a fraction from 0 up to 1, e.g. 0.05 for 5%")
     chosen_metrics = list(METRICS)
     if metrics:
         unknown = [m for m in metrics if m not in _BY_NAME]
         if unknown:
             raise CompareError(f"--metric {', '.join(unknown)}: unknown; choose from {', '.join(METRIC_NAMES)}")
-        chosen_metrics = [_BY_NAME[m] for m in metrics]
+        chosen_metrics = [m for m in METRICS if m.name in set(metrics)]  # each once, in METRICS order
     started = time.perf_counter()
-    axis, trials, values, query_s = _read(con, by, sweep)
+    axis, trials, values, query_s, statuses = _read(con, by, sweep, baseline)
     read_s = time.perf_counter() - started
+    where = "in this store" if sweep == "all" else f"in --sweep {sweep}"
+    if not statuses:
+        raise CompareError(f"--by {by}: no trial {where} has a {by} value; choose another axis")
+    if not trials:
+        counts = "; ".join(f"{v}: {c['statuses']}" for v, c in sorted(statuses.items()))
+        raise CompareError(f"--by {by}: no trial {where} ended ok ({counts}); compare reads ok trials only")
     if len(values) < 2:
-        where = f"of sweep {sweep}" if sweep != "all" else "in this store"
-        found = f"one value, {values[0]!r}" if values else f"no {by} value at all (null)"
-        raise CompareError(f"--by {by}: the ok trials {where} have {found}; compare needs 2 or more (choose "
-                           f"another axis, or run the grid with more, e.g. `gpus: each` for GPU models)")
+        others = [f"{v} ({c['statuses']})" for v, c in sorted(statuses.items()) if v not in values]
+        also = f"; {', '.join(others)} had no ok trial" if others else ""
+        raise CompareError(f"--by {by}: the ok trials {where} have one value, {values[0]!r}{also}; compare needs "
+                           f"2 or more (choose another axis, or run the grid with more, e.g. `gpus: each` for GPU "
+                           f"models)")
     base_value = _resolve_baseline(con, axis, values, baseline)
     cells: dict[tuple, dict[str, list[_Trial]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
@@ -663,13 +735,18 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
                            n_baseline=0, n_other=0, verdict=None)
                 pairs.append(_Pair(row, base, other, metric))
     samples_s = time.perf_counter() - started - read_s
+    gaps = _gaps(cells, values, base_value, statuses, axis, shown_params)
+    if not pairs:
+        raise CompareError(_nothing_in_common(cells, base_value, axis, chosen_metrics))
     stats_started = time.perf_counter()
     _test_pairs(pairs, min_effect)
     rows = [p.row for p in pairs]
     summary = _summaries(pairs, values, base_value)
     environment = _environment(trials, values, base_value)
     return CompareResult(axis=axis, baseline=base_value, values=values, row_columns=row_columns, rows=rows,
-                         summary=summary, environment=environment, min_effect=min_effect,
+                         summary=summary, environment=environment, min_effect=min_effect, gaps=gaps,
+                         gate_metrics=["step_ms"] if any(m.name == "step_ms" for m in chosen_metrics)
+                         else [m.name for m in chosen_metrics],
                          timings={"query": query_s, "read": read_s, "samples": samples_s,
                                   "stats": time.perf_counter() - stats_started,
                                   "total": time.perf_counter() - started})
@@ -704,3 +781,63 @@ def _config_columns(key: tuple, axis: str, shown_params: list[str]) -> dict:
         v = params.get(name)
         out[name] = v if v is None or isinstance(v, int | float | str | bool) else json.dumps(v)
     return out
+
+
+def _gaps(cells: dict[tuple, dict[str, list[_Trial]]], values: list[str], baseline: str,
+          statuses: dict[str, dict], axis: str, shown_params: list[str]) -> list[dict]:
+    """Per value, what the baseline has and it lacks: the baseline's configurations with no ok
+    trial of the value (the first few named), and values whose trials none ended ok."""
+    out = []
+    for value in values:
+        if value == baseline:
+            continue
+        missing = [key for key, by_value in cells.items() if baseline in by_value and value not in by_value]
+        if missing:
+            named = [_describe_key(k, axis, shown_params) for k in sorted(missing, key=_key_order)[:3]]
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            out.append({"value": value, "missing_configs": len(missing),
+                        "detail": f"no ok trial of: {'; '.join(named)}{more}"})
+    for value, counts in sorted(statuses.items()):
+        if counts["ok"] == 0 and value != baseline:
+            configs = sum(1 for by_value in cells.values() if baseline in by_value)
+            out.append({"value": value, "missing_configs": configs,
+                        "detail": f"no trial ended ok ({counts['statuses']})"})
+    return out
+
+
+def _describe_key(key: tuple, axis: str, shown_params: list[str]) -> str:
+    config = _config_columns(key, axis, shown_params)
+    parts = [f"{c}={config[c]}" for c in (*KEY_COLUMNS, *shown_params) if c != axis and config.get(c) is not None]
+    if config.get("device"):
+        parts.append(f"on {config['device']}")
+    return " ".join(parts)
+
+
+def _nothing_in_common(cells: dict[tuple, dict[str, list[_Trial]]], baseline: str, axis: str,
+                       metrics: list[Metric]) -> str:
+    """The line CompareError says when no configuration has the baseline and another value
+    (or no compared metric was recorded for them)."""
+    shared = [k for k, by_value in cells.items() if baseline in by_value and len(by_value) > 1]
+    if shared:
+        names = ", ".join(m.name for m in metrics)
+        return (f"--metric {names}: not recorded for the configurations compared (MFU needs FLOPs and a peak; "
+                f"energy needs NVML's power readings, on a GPU); choose other metrics")
+    base_params = _param_values(k for k, by_value in cells.items() if baseline in by_value)
+    other_params = _param_values(k for k, by_value in cells.items() if any(v != baseline for v in by_value))
+    differ = sorted(n for n in base_params.keys() | other_params.keys()
+                    if n != axis and base_params.get(n) != other_params.get(n))
+    hint = f"; they differ in {', '.join(differ)}" if differ else ""
+    return (f"--by {axis}: no configuration has both the baseline {baseline!r} and another value{hint}: "
+            f"compare puts side by side trials that differ in {axis} only")
+
+
+def _param_values(keys) -> dict[str, set]:
+    values: dict[str, set] = defaultdict(set)
+    for key in keys:
+        params = json.loads(key[4]) if key[4] else {}
+        for name, v in params.items():
+            if name != "seed":
+                values[name].add(json.dumps(v, sort_keys=True))
+        if key[5]:
+            values["device"].add(key[5])
+    return values

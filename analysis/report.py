@@ -50,7 +50,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter
 from scipy import stats
 
-from stepscope.analysis.compare import MIN_TRIALS
+from stepscope.analysis.compare import BOOTSTRAP_RESAMPLES, MIN_TRIALS
+from stepscope.analysis.compare import SEED as COMPARE_SEED
 from stepscope.analysis.queries import QueryError, run_query
 from stepscope.errors import StepscopeError
 from stepscope.workloads.params import PRECISIONS
@@ -58,11 +59,11 @@ from stepscope.workloads.storage.schema import PHASES
 
 #: The confidence level of every interval the report draws.
 CONFIDENCE = 0.95
-#: Bootstrap resamples (scipy.stats.bootstrap's default,
-#: https://docs.scipy.org/doc/scipy/reference/generated/scipy.stats.bootstrap.html) and seed:
-#: fixed, so the same store gives the same report.
-N_RESAMPLES = 9999
-SEED = 0
+#: Bootstrap resamples and seed: compare's (stepscope.analysis.compare), so the report's
+#: whiskers and the compare section's intervals are drawn alike; fixed, so the same store
+#: gives the same report.
+N_RESAMPLES = BOOTSTRAP_RESAMPLES
+SEED = COMPARE_SEED
 #: Axes `compare` runs along when --by is not given: the first with two or more values.
 DEFAULT_AXES = ("gpu_model", "device_name", "precision")
 #: Backward/forward ratio of dense layers: backward computes two matmuls (the gradients of the

@@ -1,6 +1,6 @@
 """Render a `stepscope report` HTML file in headless Chromium, offline, and check the picture.
 
-    python bench/report_screenshot.py REPORT.html OUT.png [--width 1400] [--height 4000]
+    python bench/report_screenshot.py REPORT.html OUT.png [--width 1400] [--height 8000]
 
 Chromium runs with no network: no proxy and every host name resolving to nothing
 (`--host-resolver-rules="MAP * ~NOTFOUND"`), so a report that needed to fetch anything (a
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=4000)
+    parser.add_argument("--height", type=int, default=8000)  # a quickstart report is ~6000 px tall
     args = parser.parse_args(argv)
     if not args.report.is_file():
         print(f"error: {args.report}: no such file", file=sys.stderr)

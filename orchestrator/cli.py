@@ -680,16 +680,20 @@ timeout_option = click.option(
 @click.option("--baseline", default=None, metavar="VALUE",
               help="The value the others are divided by (default: the first: the oldest sweep, the smallest "
                    "number, else alphabetically first). For --by sweep, a sweep id or a sweep's name.")
-@click.option("--sweep", default="all", show_default=True, metavar="ID|latest|all",
-              help="Trials of which sweep(s); a configuration's trials in several sweeps pool as repeats.")
+@click.option("--sweep", default="all", show_default=True, metavar="ID,...|latest|all",
+              help="Trials of which sweeps: ids or names, comma-separated, or latest; a configuration's trials "
+                   "in several sweeps pool as repeats. With --by sweep the --baseline sweep is always in "
+                   "(--sweep latest: the newest sweep against the baseline).")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME",
               help="Compare only these metrics (repeatable; default all): "
                    "step_ms, <phase>_ms, samples_per_s, mfu, peak_memory_bytes, energy_j_per_sample.")
 @click.option("--min-effect", type=float, default=0.05, show_default=True, metavar="FRACTION",
               help="A ratio within this fraction either way is `same` (0.05 = 5%).")
 @click.option("--fail-on", type=click.Choice(["slower", "faster", "changed"]), default=None,
-              help="Exit 1 when a configuration's step_ms verdict is this (changed: slower or faster): a CI gate.")
-@click.option("--show", type=click.Choice(["all", "rows", "summary", "environment"]), default=None,
+              help="Exit 1 when a configuration's step_ms verdict (every --metric's, without step_ms) is this "
+                   "(changed: any direction); slower and changed also fail on a configuration the baseline has "
+                   "and a value lacks: a CI gate.")
+@click.option("--show", type=click.Choice(["all", "rows", "summary", "environment", "gaps"]), default=None,
               help="Which tables to print (default: all; rows in csv, which holds one table).")
 @store_option
 @output_options
@@ -710,7 +714,7 @@ def compare(ctx: click.Context, by: str, baseline: str | None, sweep: str, metri
         stepscope compare --by precision --baseline fp32 --metric step_ms --metric samples_per_s
         stepscope compare --by sweep --baseline nightly-old --fail-on slower
     """
-    from stepscope.analysis.compare import ENVIRONMENT_COLUMNS, SUMMARY_COLUMNS
+    from stepscope.analysis.compare import ENVIRONMENT_COLUMNS, GAP_COLUMNS, SUMMARY_COLUMNS
     from stepscope.analysis.compare import compare as run_compare
     from stepscope.analysis.queries import watch
     from stepscope.analysis.warehouse import open_store
@@ -727,6 +731,7 @@ def compare(ctx: click.Context, by: str, baseline: str | None, sweep: str, metri
         "rows": (result.row_columns, result.rows),
         "summary": (list(SUMMARY_COLUMNS), result.summary),
         "environment": (list(ENVIRONMENT_COLUMNS), result.environment),
+        "gaps": (list(GAP_COLUMNS), result.gaps),
     }
     if fmt == "json" and show == "all":
         import json
@@ -760,11 +765,25 @@ def compare(ctx: click.Context, by: str, baseline: str | None, sweep: str, metri
                        fmt, max_rows)
         else:
             click.echo(f"{heading} environment: the same driver, CUDA, torch, stepscope and device on every side".strip())
+        if result.gaps:
+            click.echo("")
+            click.echo(f"{heading} gaps: what the baseline has and a value lacks".strip())
+            write_rows(list(GAP_COLUMNS), [[[r.get(c) for c in GAP_COLUMNS] for r in result.gaps]], fmt, max_rows)
+    if result.gaps and show not in ("all", "gaps"):
+        for gap in result.gaps:
+            click.echo(f"Note: {result.axis} {gap['value']}: {gap['detail']}", err=True)
     if fail_on:
         failing = result.failing(fail_on)
+        relation = {"slower": "slower than", "faster": "faster than", "changed": "changed from"}[fail_on]
+        reasons = []
         if failing:
-            click.echo(f"compare: {len(failing)} configuration(s) {fail_on} than the baseline {result.baseline} "
-                       f"beyond {result.min_effect:.0%} (step_ms; --fail-on {fail_on})", err=True)
+            reasons.append(f"{len(failing)} configuration(s) {relation} the baseline {result.baseline} beyond "
+                           f"{result.min_effect:.0%} ({', '.join(result.gate_metrics)})")
+        if fail_on != "faster" and result.gaps:
+            reasons.append(f"{sum(g['missing_configs'] for g in result.gaps)} configuration(s) of the baseline "
+                           f"missing ({', '.join(str(g['value']) for g in result.gaps)})")
+        if reasons:
+            click.echo(f"compare: {'; '.join(reasons)}: --fail-on {fail_on}", err=True)
             ctx.exit(EXIT_TRIALS_FAILED)
 
 

@@ -7,7 +7,7 @@
 -- casts and autograd saves (autocast_weight_mib: real memory, not activations;
 -- null for trials stored before schema_version 2, whose activation_mib holds it). Peaks come from every measured step: on CUDA the caching allocator's
 -- peak allocated and reserved bytes (reset at each phase), on a CPU the
--- process's peak resident memory; peak_phase is the phase that reached the
+-- process's peak resident memory; peak_phase is the first phase (in step order) that reached the
 -- highest (allocated on CUDA, resident on a CPU). cuda_context_mib and non_torch_mib are NVML's view of what
 -- the allocator cannot see (the CUDA context, library workspaces; scope
 -- 'device' means NVML could only report the whole GPU's use). used_pct is the
@@ -32,9 +32,13 @@ chosen_trials as (
 
 -- Each phase's summary holds its highest peaks over the trial's whole measured steps.
 chosen_phases as (
-    select *
-    from ok_summaries
-    where in_sweep(sweep_id, $sweep) and metric in (select phase from phase_order)
+    select
+        s.*,
+        p.phase_index
+    from ok_summaries as s
+    inner join phase_order as p
+        on p.phase = s.metric
+    where in_sweep(s.sweep_id, $sweep)
 ),
 
 phase_peaks as (
@@ -44,7 +48,12 @@ phase_peaks as (
         max(peak_allocated_bytes) as peak_allocated_bytes,
         max(peak_reserved_bytes) as peak_reserved_bytes,
         max(peak_rss_bytes) as peak_rss_bytes,
-        arg_max(metric, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase
+        -- The first phase in step order to reach the peak: a high-water mark (peak RSS
+        -- on a CPU) stays at its peak in the phases after, so ties are the rule there.
+        first(metric order by coalesce(peak_allocated_bytes, peak_rss_bytes) desc nulls last, phase_index)
+            as peak_phase,
+        first(phase_index order by coalesce(peak_allocated_bytes, peak_rss_bytes) desc nulls last, phase_index)
+            as peak_phase_index
     from chosen_phases
     group by sweep_id, trial_id
 ),
@@ -55,7 +64,8 @@ per_trial as (
         p.peak_allocated_bytes,
         p.peak_reserved_bytes,
         p.peak_rss_bytes,
-        p.peak_phase
+        p.peak_phase,
+        p.peak_phase_index
     from chosen_trials as t
     left join phase_peaks as p
         on p.sweep_id = t.sweep_id and p.trial_id = t.trial_id
@@ -72,7 +82,8 @@ per_config as (
         median(autocast_weight_bytes) as autocast_weight_bytes,
         max(peak_allocated_bytes) as peak_allocated_bytes,
         max(peak_reserved_bytes) as peak_reserved_bytes,
-        arg_max(peak_phase, coalesce(peak_allocated_bytes, peak_rss_bytes)) as peak_phase,
+        first(peak_phase order by coalesce(peak_allocated_bytes, peak_rss_bytes) desc nulls last, peak_phase_index)
+            as peak_phase,
         max(peak_rss_bytes) as peak_rss_bytes,
         median(cuda_context_bytes) as cuda_context_bytes,
         median(non_torch_bytes) as non_torch_bytes,

@@ -298,3 +298,77 @@ def test_the_fast_bootstrap_draws_what_scipys_does():
         ordered = np.sort(sample[0])
         expected = [np.median(np.repeat(ordered, c)) for c in draws]
         assert np.array_equal(medians, expected)
+
+
+# ------------------------------------------------------------------ what a gate must not miss
+
+
+def gate_store(store, rows, sweeps):
+    """sweeps: (sweep_id, created minute, {batch_size: (scale, status)})."""
+    for sweep_id, minute, trials in sweeps:
+        store.write_sweep(rows.sweep(sweep_id, created_at=rows.T0.replace(minute=minute), name=sweep_id))
+        for batch, (scale, status) in trials.items():
+            add(store, rows, sweep_id, f"t{batch}", scale=scale, batch_size=batch, status=status,
+                params=json.dumps({"batch_size": batch}))
+
+
+def test_a_repeated_metric_counts_once(sweep, rows):
+    add(sweep, rows, "s1", "a", device_name="GPU-A")
+    add(sweep, rows, "s1", "b", scale=2.0, device_name="GPU-B")
+    result = compare(connect(sweep.location), by="device_name", metrics=["step_ms", "step_ms"])
+    assert len(result.rows) == 1 and result.summary[0]["configs"] == 1
+
+
+def test_sweep_latest_compares_the_newest_sweep_with_the_baseline(store, rows):
+    gate_store(store, rows, [("old", 0, {16: (1.0, "ok")}), ("slow", 1, {16: (2.0, "ok")}),
+                             ("new", 2, {16: (1.0, "ok")})])
+    con = connect(store.location)
+    assert compare(con, by="sweep", baseline="old").values == ["old", "slow", "new"]
+    latest = compare(con, by="sweep", baseline="old", sweep="latest")
+    assert latest.values == ["old", "new"] and [r["verdict"] for r in latest.rows if r["metric"] == "step_ms"] == ["same"]
+    code, _ = run("compare", "--by", "sweep", "--baseline", "old", "--sweep", "latest", "--fail-on", "slower",
+                  "--store", store.location)
+    assert code == 0
+    with pytest.raises(CompareError, match=r"--sweep nosuch: no such sweep in the store; .* new, old, slow"):
+        compare(con, by="sweep", sweep="nosuch")
+
+
+def test_a_configuration_the_new_sweep_lost_fails_the_gate(store, rows):
+    gate_store(store, rows, [("old", 0, {16: (1.0, "ok"), 32: (1.0, "ok")}),
+                             ("new", 1, {16: (1.0, "ok"), 32: (1.0, "failed")})])
+    result = compare(connect(store.location), by="sweep", baseline="old")
+    assert result.gaps == [{"value": "new", "missing_configs": 1,
+                            "detail": "no ok trial of: workload=mlp batch_size=32 precision=fp32 optimizer=sgd on cpu"}]
+    code, out = run("compare", "--by", "sweep", "--baseline", "old", "--fail-on", "slower", "--store", store.location)
+    assert code == 1 and "1 configuration(s) of the baseline missing (new): --fail-on slower" in out
+    code, _ = run("compare", "--by", "sweep", "--baseline", "old", "--fail-on", "faster", "--store", store.location)
+    assert code == 0
+
+
+def test_a_sweep_whose_trials_all_failed_is_a_gap_not_silence(store, rows):
+    gate_store(store, rows, [("old", 0, {16: (1.0, "ok")}), ("new", 1, {16: (1.0, "ok")}),
+                             ("broken", 2, {16: (1.0, "failed")})])
+    result = compare(connect(store.location), by="sweep", baseline="old")
+    assert {"value": "broken", "missing_configs": 1, "detail": "no trial ended ok (1 failed)"} in result.gaps
+    code, out = run("compare", "--by", "sweep", "--baseline", "old", "--fail-on", "changed", "--store", store.location)
+    assert code == 1 and "missing (broken)" in out
+
+
+def test_nothing_in_common_is_an_error_that_says_why(store, rows):
+    store.write_sweep(rows.sweep("s1"))
+    add(store, rows, "s1", "a", device_name="GPU-A", params='{"iterations": 10}')
+    add(store, rows, "s1", "b", device_name="GPU-B", params='{"iterations": 30}')
+    with pytest.raises(CompareError, match=r"no configuration has both the baseline 'GPU-A' and another value; "
+                                           r"they differ in iterations"):
+        compare(connect(store.location), by="device_name")
+
+
+def test_no_ok_trial_and_a_bad_minimum_effect_say_so(store, rows):
+    store.write_sweep(rows.sweep("s1"))
+    add(store, rows, "s1", "a", device_name="GPU-A", status="failed")
+    add(store, rows, "s1", "b", device_name="GPU-B", status="failed")
+    con = connect(store.location)
+    with pytest.raises(CompareError, match=r"no trial in this store ended ok \(GPU-A: 1 failed; GPU-B: 1 failed\)"):
+        compare(con, by="device_name")
+    with pytest.raises(CompareError, match=r"--min-effect 5: give a fraction from 0 up to 1"):
+        compare(con, by="device_name", min_effect=5)

@@ -449,3 +449,15 @@ def test_batch_scaling_compares_each_series_with_its_smallest_batch(store, write
     assert (row["trials"], row["samples_per_s"], row["samples_per_s_p50"]) == (2, 3000, round(64 / 7 * 1000, 1))
     assert (row["throughput_x"], row["efficiency_pct"]) == (round(ratio, 2), round(100 * ratio / 4, 1))
     assert by_batch[(series_a, 16)]["throughput_x"] == 1 and by_batch[(series_a, 16)]["efficiency_pct"] == 100
+
+
+def test_memory_breakdown_peak_phase_is_the_first_to_reach_a_tied_peak(store, rows):
+    # A CPU's peak RSS is a high-water mark: from the phase that reached it on, every phase
+    # shows it. The peak phase is the first (forward here), however the rows are stored.
+    steps = rows.steps("s1", "t1", {"forward": [1.0, 1.0]})
+    for r in steps:
+        r["peak_rss_bytes"] = 500 if r["phase_index"] >= 2 else 100
+    store.write_sweep(rows.sweep("s1"))
+    store.write_trial("s1", "t1", rows.trial("s1", "t1"), list(reversed(steps)))
+    (got,) = records(run_query(connect(store), "memory_breakdown", {"sweep": "all"}))
+    assert got["peak_phase"] == "forward"

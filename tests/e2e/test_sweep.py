@@ -222,3 +222,10 @@ def test_readme_demo_quickstart(stepscope, tmp_path):
             assert 1 / 1.05 <= row["ratio"] <= 1.05
         else:
             assert row["verdict"] in ("faster", "unsure")
+    # The report of the quickstart store: one file, nothing fetched, every configuration drawn.
+    report = stepscope("report", "--out", "report.html", check_rc=0)
+    assert "report.html" in report.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page and "src=\"http" not in page and "href=\"http" not in page
+    for workload in ("mlp", "resnet", "gpt"):
+        assert f"{workload} bs=16" in page and f"{workload} bs=64" in page
