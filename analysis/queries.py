@@ -373,7 +373,7 @@ def watch(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> Itera
     thread.start()
     try:
         yield
-    except QueryInterrupted:
+    except (QueryInterrupted, duckdb.InterruptException):  # the latter from SQL run outside _execute
         if why[:1] == ["timeout"]:
             raise QueryError(f"the query ran past --timeout {timeout:g} s and was stopped; raise --timeout, "
                              "or narrow the query") from None

@@ -372,3 +372,11 @@ def test_no_ok_trial_and_a_bad_minimum_effect_say_so(store, rows):
         compare(con, by="device_name")
     with pytest.raises(CompareError, match=r"--min-effect 5: give a fraction from 0 up to 1"):
         compare(con, by="device_name", min_effect=5)
+
+
+def test_a_timeout_stops_compare_in_one_line(sweep, rows):
+    add(sweep, rows, "s1", "a", device_name="GPU-A")
+    add(sweep, rows, "s1", "b", device_name="GPU-B")
+    code, out = run("compare", "--by", "device_name", "--store", sweep.location, "--timeout", "0.001")
+    assert code == 2 and out == ("Error: the query ran past --timeout 0.001 s and was stopped; raise --timeout, "
+                                 "or narrow the query\n")
