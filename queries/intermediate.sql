@@ -330,6 +330,16 @@ from trial_summaries as s
 inner join ok_trials as t
     on t.sweep_id = s.sweep_id and t.trial_id = s.trial_id;
 
+-- The phases' rows of ok_summaries (metric is a phase), with the phase's
+-- phase_index: what the per-phase named queries read.
+create or replace view ok_phase_summaries as
+select
+    s.*,
+    p.phase_index
+from ok_summaries as s
+inner join phase_order as p
+    on p.phase = s.metric;
+
 -- One row per trial with a whole measured step (every status): THE per-trial
 -- step statistics, which every named query shows under these names (the
 -- 'step' row of trial_summaries, renamed):

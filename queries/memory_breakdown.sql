@@ -32,13 +32,9 @@ chosen_trials as (
 
 -- Each phase's summary holds its highest peaks over the trial's whole measured steps.
 chosen_phases as (
-    select
-        s.*,
-        p.phase_index
-    from ok_summaries as s
-    inner join phase_order as p
-        on p.phase = s.metric
-    where in_sweep(s.sweep_id, $sweep)
+    select *
+    from ok_phase_summaries
+    where in_sweep(sweep_id, $sweep)
 ),
 
 phase_peaks as (

@@ -20,23 +20,21 @@ with
 
 chosen_phases as (
     select *
-    from ok_summaries
+    from ok_phase_summaries
     where in_sweep(sweep_id, $sweep)
 ),
 
 phase_medians as (
     select
-        c.config,
-        p.phase_index,
-        c.metric as phase,
+        config,
+        phase_index,
+        metric as phase,
         count(*) as trials,
-        sum(c.steps) as steps,
-        median(c.p50) as median_ms,
-        median(c.host_p50) as median_host_ms
-    from chosen_phases as c
-    inner join phase_order as p
-        on p.phase = c.metric
-    group by c.config, p.phase_index, c.metric
+        sum(steps) as steps,
+        median(p50) as median_ms,
+        median(host_p50) as median_host_ms
+    from chosen_phases
+    group by config, phase_index, metric
 ),
 
 final as (

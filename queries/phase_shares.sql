@@ -38,8 +38,8 @@ with
 
 chosen_phases as (
     select *
-    from ok_summaries
-    where in_sweep(sweep_id, $sweep) and metric in (select phase from phase_order)
+    from ok_phase_summaries
+    where in_sweep(sweep_id, $sweep)
 ),
 
 chosen_stats as (
