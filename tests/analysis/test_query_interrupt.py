@@ -19,8 +19,11 @@ LONG = "select sum(hash(i)) from range(100000000000::bigint) t(i)"  # minutes of
 @pytest.mark.parametrize("after_s", [2.0, 7.0])
 def test_ctrl_c_stops_a_long_query(after_s, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "STEPSCOPE_STORE"}
+    # A suite started in the background (`cmd &` in a script) runs with SIGINT ignored, which
+    # its children inherit and Python then keeps: give the CLI SIGINT's default, as a terminal does.
     proc = subprocess.Popen([sys.executable, "-m", "stepscope", "sql", "--store", str(tmp_path), LONG],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(after_s)
     assert proc.poll() is None, proc.communicate()
     t0 = time.monotonic()
