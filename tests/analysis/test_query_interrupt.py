@@ -24,13 +24,17 @@ def test_ctrl_c_stops_a_long_query(after_s, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "stepscope", "sql", "--store", str(tmp_path), LONG],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(after_s)
-    assert proc.poll() is None, proc.communicate()
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert (proc.returncode, err, out) == (130, "Interrupted.\n", "")
-    assert time.monotonic() - t0 < 10
+    try:
+        time.sleep(after_s)
+        assert proc.poll() is None, proc.communicate()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, err, out) == (130, "Interrupted.\n", "")
+        assert time.monotonic() - t0 < 10
+    finally:  # a query that was not stopped would keep every core busy for the rest of the suite
+        proc.kill()
+        proc.wait()
 
 
 def test_timeout_stops_a_long_query_in_one_line(cli_runner, tmp_path, store, write):
