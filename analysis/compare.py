@@ -508,7 +508,8 @@ def _median_positions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     from a multinomial(n, 1/n each); its k-th smallest value is the first x_(j) whose running
     count reaches k. No resample is built or sorted: the same resampling distribution as
     `scipy.stats.bootstrap`'s (which also shares its resample indices across stacked rows),
-    some thousand times faster, which a store of thousands of configurations needs
+    50-160 times faster on this project's 2-core machine (2000 comparisons of 9 blocks a side:
+    18.3 s with scipy, 0.36 s so), which a store of thousands of configurations needs
     (tests/analysis/test_compare.py holds the two side by side)."""
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES)
     running = np.cumsum(counts, axis=-1)  # (resamples, n)
