@@ -269,7 +269,7 @@ def test_the_median_step_is_one_number_in_every_query(store, write):
 
 
 def test_within_noise_is_overlapping_p10_p90_ranges(store, write):
-    """How the README says to tell two configurations apart, run on three: a and b overlap,
+    """How the docs (docs/results.md) say to tell two configurations apart, run on three: a and b overlap,
     c is clear of both."""
     steps = {
         "a": [10.0, 10.5, 11.0, 10.2, 10.8],
@@ -298,10 +298,11 @@ def test_within_noise_is_overlapping_p10_p90_ranges(store, write):
 
 
 def readme_within_noise_sql() -> str:
-    """The `stepscope sql "..."` the README gives for the check, as written there."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    """The `stepscope sql "..."` the docs give for the check (docs/results.md), as written there."""
+    root = Path(__file__).parents[2]
+    readme = "\n".join(p.read_text(encoding="utf-8") for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     marker = "other's noise, their p10–p90 ranges of the step totals overlapping"
-    assert readme.count(marker) == 1, "README.md: the within-noise example moved"
+    assert readme.count(marker) == 1, "README.md, docs/*.md: the within-noise example moved"
     block = readme[readme.index(marker) :].split("```bash\n", 1)[1].split("```", 1)[0]
     return block.strip().removeprefix('stepscope sql "').removesuffix('"')
 

@@ -354,7 +354,7 @@ def test_local_cluster_script_refuses_an_unknown_dashboard_setting():
 
 
 def test_the_documented_job_server_is_the_one_the_script_starts_by_default():
-    """The local cluster runs a job server unless told not to, and the READMEs' submit
+    """The local cluster runs a job server unless told not to, and the docs' submit
     commands name its default address (the script's default port, + 1 for the base, + 7)."""
     text = SCRIPT.read_text()
     assert "DASHBOARD=${STEPSCOPE_LOCAL_DASHBOARD:-1}\n" in text
@@ -362,6 +362,10 @@ def test_the_documented_job_server_is_the_one_the_script_starts_by_default():
     assert "PORT_BASE=${STEPSCOPE_LOCAL_PORT_BASE:-$((PORT + 1))}\n" in text
     assert "JOBS_ADDRESS=http://127.0.0.1:$((PORT_BASE + 7))\n" in text
     jobs = f"http://127.0.0.1:{port + 1 + 7}"
-    for readme in (ROOT / "README.md", DEPLOY / "README.md"):
+    for readme in (ROOT / "docs" / "cluster.md", DEPLOY / "README.md"):
         submits = re.findall(r"stepscope submit \S+ --address (http://127\.0\.0\.1:\d+)", readme.read_text())
         assert submits and set(submits) == {jobs}, (readme, submits)
+    # and no other page of the docs names another address for it
+    for page in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
+        submits = re.findall(r"stepscope submit \S+ --address (http://127\.0\.0\.1:\d+)", page.read_text())
+        assert set(submits) <= {jobs}, (page, submits)

@@ -1,4 +1,4 @@
-"""The README's "Try it on one machine" block, run as written: `deploy/local-cluster.sh up`,
+"""The "Try it on one machine" block of docs/cluster.md, run as written: `deploy/local-cluster.sh up`,
 a sweep run from here, the same sweep submitted to the cluster's job server, a query, `down`.
 
 Only the ports and the store change: the block's 127.0.0.1:26379 (the script's default
@@ -20,7 +20,7 @@ from stepscope.analysis.warehouse import connect
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+README = ROOT / "docs" / "cluster.md"  # where the README's cluster section lives
 SCRIPT = ROOT / "deploy" / "local-cluster.sh"
 
 
@@ -37,7 +37,7 @@ def test_the_readme_block_runs_as_written_submit_included(tmp_path, free_port_bl
     jobs = re.search(r"--address (http://127\.0\.0\.1:(\d+))", block)
     assert gcs and jobs, block
     default_port = re.search(r"PORT=\$\{STEPSCOPE_LOCAL_PORT:-(\d+)\}", SCRIPT.read_text()).group(1)
-    assert gcs.group(2) == default_port, "the README's address is not the script's default"
+    assert gcs.group(2) == default_port, "docs/cluster.md's address is not the script's default"
 
     port = free_port_block()
     store = tmp_path / "results"
