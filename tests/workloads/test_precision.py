@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from stepscope.orchestrator.grid import trial_id
-from stepscope.workloads.measure import peaks
+from stepscope.workloads.measure.flop_peaks import cache as peak_cache
+from stepscope.workloads.measure.flop_peaks import matmul
 from stepscope.workloads.measure.precision import has_fp32_precision_api
 from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.params import FP16_ADAM_EPS, ParamError
@@ -191,8 +192,8 @@ def test_the_peak_measurement_runs_in_the_precisions_mode_and_puts_back_the_proc
         during.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
         return 1.0
 
-    monkeypatch.setattr(peaks, "_time_matmul", timed)
-    assert peaks.measured_matmul_peak("cpu", precision, tmp_path, refresh=True) > 0
+    monkeypatch.setattr(matmul, "_time_matmul", timed)
+    assert peak_cache.measured_matmul_peak("cpu", precision, tmp_path, refresh=True) > 0
     assert during and set(during) == {("high", True) if precision == "tf32" else ("highest", False)}
     assert (new_api_state() if has_fp32_precision_api(torch) else {}) == before_new
     if before_legacy is not None:

@@ -179,7 +179,7 @@ def test_cuda_phases_add_up_to_the_step(tmp_path, precision):
 def test_flops_and_mfu_of_a_cpu_trial(tmp_path, monkeypatch):
     """FLOPs counted exactly in an untimed pass; MFU against the node's measured peak,
     which is measured once and then read from the cache."""
-    from stepscope.workloads.measure import peaks
+    from stepscope.workloads.measure.flop_peaks import matmul
 
     monkeypatch.setenv("STEPSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     trial = make_trial(workload="mlp", depth=2, width=32, input_dim=16, num_classes=10, batch_size=8,
@@ -196,7 +196,7 @@ def test_flops_and_mfu_of_a_cpu_trial(tmp_path, monkeypatch):
     def measure_again(*args, **kwargs):
         raise AssertionError("the peak is measured once per node, then read from the cache")
 
-    monkeypatch.setattr(peaks, "_measure", measure_again)
+    monkeypatch.setattr(matmul, "measure", measure_again)
     again = run_trial(trial, "s", None)
     assert again["peak_tflops_measured"] == row["peak_tflops_measured"]
 

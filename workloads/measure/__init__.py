@@ -5,8 +5,9 @@
 - `timing`: phase timers (CUDA events on a GPU, perf_counter_ns on a CPU).
 - `batch`: moving a batch to the device and calling the model with it.
 - `precision`: what each precision name means for the model, the data and the step.
-- `memory`: parameter/gradient/optimizer/activation bytes, per-phase peaks, NVML memory.
-- `flops`, `utilization`, `peaks`: FLOPs of a step, datasheet and measured peaks, MFU.
+- `memory`: parameter/gradient/optimizer/activation bytes, per-phase memory peaks, NVML memory.
+- `flops`, `utilization`, `flop_peaks/`: FLOPs of a step, datasheet and measured FLOP peaks, MFU
+  (`peaks` is the old name of `flop_peaks`, re-exported for its remaining callers).
 - `device`, `identity`, `nvml`: which device a trial ran on, exactly (NVML).
 - `records`: the typed records these hand the runner, and the rows made from them.
 

@@ -74,7 +74,7 @@ DEVICE_ONLY_FIELDS = frozenset({"cpu_model", "host_memory_bytes", "identity"})
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """FLOPs, peaks, MFU and HFU of a trial (`utilization.count`, then `utilization.rates`).
+    """FLOPs, FLOP peaks, MFU and HFU of a trial (`utilization.count`, then `utilization.rates`).
     FLOPs are per training step of the whole batch, a multiply-add counting 2.
     Model FLOPs = forward + backward (no recomputation): MFU's numerator; hardware
     FLOPs = model FLOPs + recompute: HFU's (PaLM, https://arxiv.org/abs/2204.02311 , appendix B)."""
@@ -95,7 +95,7 @@ class Work:
     mfu_measured: float | None = None  # achieved / measured peak
     hfu_datasheet: float | None = None  # achieved_hardware / datasheet peak
     hfu_measured: float | None = None  # achieved_hardware / measured peak
-    mfu_flag: str | None = None  # why an MFU/HFU may be above 1, or the peak was re-measured (peaks.FLAGS)
+    mfu_flag: str | None = None  # why an MFU/HFU may be above 1, or the peak was re-measured (flop_peaks.FLAGS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""FLOPs, peaks, MFU and HFU of a trial: the runner's glue to `flops`, `peaks` and `identity`.
+"""FLOPs, FLOP peaks, MFU and HFU of a trial: the runner's glue to `flops`, `flop_peaks` and `identity`.
 
 Everything here runs outside the timed loop: counting before it, rates after it.
 A failure here never fails the trial; it leaves the columns null and says why
@@ -30,9 +30,12 @@ from stepscope.workloads.measure.records import DeviceFacts, Work
 COLUMNS = tuple(f.name for f in dataclasses.fields(Work))
 
 
-def cache_dir() -> str:
+def peak_cache_dir() -> str:
     """Where a node keeps its measured matmul peaks: $STEPSCOPE_CACHE_DIR, else ~/.cache/stepscope."""
     return os.environ.get("STEPSCOPE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "stepscope")
+
+
+cache_dir = peak_cache_dir  # the old name, still imported by orchestrator/cli.py (`stepscope peaks`)
 
 
 def count(builder: Callable, params: Mapping[str, Any]) -> Work:
@@ -63,20 +66,20 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
     filled in: achieved model and hardware TFLOP/s (10^12 FLOP/s), and MFU and HFU
     (fractions) against both peaks, the datasheet's (CUDA only) and the measured one.
     A rate is None where its FLOPs, the time or its peak is missing. The measured peak
-    is revalidated against the step's rate (`peaks.checked_matmul_peak`: re-measured
+    is revalidated against the step's rate (`flop_peaks.checked_matmul_peak`: re-measured
     when the step beat it); `mfu_flag` names why a share may be above 1, or says the
-    peak was measured again (`peaks.FLAGS`); None when neither. Shares are stored as
+    peak was measured again (`flop_peaks.FLAGS`); None when neither. Shares are stored as
     computed, never clipped."""
-    from stepscope.workloads.measure import peaks
+    from stepscope.workloads.measure import flop_peaks
 
     variant = sheet = measured = None
     if device.type == "cuda":
         # The exact variant's dense figure, scaled to the slice on a MIG instance.
         try:
-            dp = peaks.device_datasheet_peak(facts, precision)
-        except peaks.PeakError:
+            dp = flop_peaks.device_datasheet_peak(facts, precision)
+        except flop_peaks.PeakError:
             dp = None
-        variant = dp.variant if dp is not None else peaks.device_variant(facts)
+        variant = dp.variant if dp is not None else flop_peaks.device_variant(facts)
         sheet = dp.tflops if dp is not None else None
     model = (work.flops_forward or 0) + (work.flops_backward or 0)
     achieved = _tflops(model, wall_s, steps)
@@ -85,7 +88,7 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
     try:
         # Checked against what ran (hardware FLOPs, >= model FLOPs): a cached figure below the
         # step's rate is measured again; one the step still beats is flagged.
-        check = peaks.checked_matmul_peak(device, precision, cache_dir(), hardware, torch_module=torch)
+        check = flop_peaks.checked_matmul_peak(device, precision, peak_cache_dir(), hardware, torch_module=torch)
         measured, measured_flag = check.peak.tflops, check.flag
     except Exception:  # e.g. a precision this device cannot multiply in
         pass
@@ -101,7 +104,7 @@ def rates(torch: Any, device: Any, precision: str, work: Work, wall_s: float | N
         mfu_measured=_share(achieved, measured),
         hfu_datasheet=hfu_sheet,
         hfu_measured=_share(hardware, measured),
-        mfu_flag=peaks.flag_rates(measured_flag, (mfu_sheet, hfu_sheet)),
+        mfu_flag=flop_peaks.flag_rates(measured_flag, (mfu_sheet, hfu_sheet)),
     )
 
 

@@ -158,7 +158,7 @@ TRIALS = pa.schema(
         pa.field("hfu_datasheet", pa.float64()),  # achieved_hardware_tflops / peak_tflops_datasheet
         pa.field("hfu_measured", pa.float64()),  # achieved_hardware_tflops / peak_tflops_measured
         # Why a share may read above 1, or that the cached measured peak was too low and was measured again
-        # (stepscope.workloads.measure.peaks.FLAGS): above_datasheet_peak, above_measured_peak,
+        # (stepscope.workloads.measure.flop_peaks.FLAGS): above_datasheet_peak, above_measured_peak,
         # within_peak_tolerance, measured_peak_remeasured; null when none applies.
         pa.field("mfu_flag", pa.string()),
         # Memory, measured from the tensors (stepscope.workloads.measure.memory).
