@@ -36,7 +36,7 @@ from stepscope.errors import StepscopeError
 from stepscope.orchestrator.spec_yaml import YamlError, count, limit
 from stepscope.orchestrator.spec_yaml import load as load_yaml
 from stepscope.workloads.params import ParamError, brief
-from stepscope.workloads.registry import resolve_params
+from stepscope.workloads.registry import find_custom_module, is_custom, resolve_params
 
 Scalar = int | float | str | bool
 
@@ -151,6 +151,19 @@ def search_paths(spec: SweepSpec, cwd: str | None = None) -> list[str]:
     """Where a custom workload module may sit: beside the spec, then the current directory."""
     paths = [spec.directory, cwd or os.getcwd()]
     return [p for p in paths if p]
+
+
+def check_custom_workloads(spec: SweepSpec, trials) -> None:
+    """SpecError unless every custom workload the trials name has its module on the search
+    paths (found on the filesystem, never imported: `plan` imports no workload)."""
+    for name in sorted({t.params["workload"] for t in trials if is_custom(t.params["workload"])}):
+        if not find_custom_module(name, search_paths(spec)):
+            raise SpecError(
+                spec.source,
+                "workload",
+                f"cannot find module {name.partition(':')[0]!r} beside the spec, in the current "
+                "directory or on PYTHONPATH",
+            )
 
 
 def check_gpu_label(label: str | None, source: str = "--gpu") -> str | None:

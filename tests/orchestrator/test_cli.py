@@ -215,3 +215,41 @@ def test_peaks_with_a_bad_age_limit_is_one_line(cli_runner, tmp_path):
     assert r.exit_code == 2
     assert r.stderr == ("Error: STEPSCOPE_PEAK_MAX_AGE_DAYS: 'a week' is not a number of days of 0 or more "
                         "(e.g. 7, 0.5, or inf)\n")
+
+
+def test_query_takes_sweep_as_an_option_or_a_parameter(cli_runner, store):
+    by_param = cli_runner("query", "trials", "-p", "sweep=tiny-1", "--store", store, "--format", "csv")
+    by_option = cli_runner("query", "trials", "--sweep", "tiny-1", "--store", store, "--format", "csv")
+    assert by_param.exit_code == by_option.exit_code == 0 and by_param.output == by_option.output
+    both = cli_runner("query", "trials", "--sweep", "all", "-p", "sweep=all", "--store", store, "--format", "csv")
+    assert both.exit_code == 0 and both.output == by_option.output
+    r = cli_runner("query", "trials", "--sweep", "all", "-p", "sweep=latest", "--store", store)
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr.splitlines()[-1] == "Error: --sweep all and -p sweep=latest differ: give one of them"
+
+
+def test_query_params_parse_without_a_store():
+    import click
+
+    from stepscope.orchestrator.commands.query import parse_params
+
+    assert parse_params(("sweep=a", "threshold=0.5", "sweep=b")) == {"sweep": "b", "threshold": "0.5"}
+    assert parse_params(("threshold=1",), "s1") == {"threshold": "1", "sweep": "s1"}
+    assert parse_params(("sweep=s1",), "s1") == {"sweep": "s1"}
+    with pytest.raises(click.UsageError, match="--sweep s1 and -p sweep=s2 differ"):
+        parse_params(("sweep=s2",), "s1")
+    with pytest.raises(click.BadParameter, match="write KEY=VALUE"):
+        parse_params(("=x",))
+
+
+def test_every_sweep_option_is_the_one_option():
+    from stepscope.orchestrator.cli import cli
+    from stepscope.orchestrator.options import SWEEP_HELP, SWEEP_METAVAR
+
+    helps = {}
+    for name in ("query", "compare", "report", "compact"):
+        (option,) = [p for p in cli.commands[name].params if p.name == "sweep"]
+        assert (option.opts, option.default, option.metavar) == (["--sweep"], None, SWEEP_METAVAR), name
+        assert option.help.startswith(SWEEP_HELP + " (default: "), name
+        helps[name] = option.help
+    assert "(default: all: every sweep that needs it)" in helps["compact"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 
-from stepscope.orchestrator.cli import _summary
+from stepscope.orchestrator.commands.run import summary
 from stepscope.orchestrator.grid import expand
 from stepscope.orchestrator.scheduler import SweepOutcome, TrialOutcome
 from stepscope.orchestrator.spec import load_spec
@@ -32,18 +32,18 @@ def outcome_of(spec_path: str, *statuses: str) -> SweepOutcome:
 
 def test_the_query_hint_pastes_back_to_the_same_store(write_spec, tmp_path, capsys):
     store = str(tmp_path / ODD)
-    _summary(outcome_of(write_spec(SPEC), "ok", "failed"), Store(store))
+    summary(outcome_of(write_spec(SPEC), "ok", "failed"), Store(store))
     out = capsys.readouterr().out
     assert out.splitlines()[-1].startswith(f"results in {store}; try: ")
     assert hint(out, "; try: ") == ["stepscope", "query", "phase_shares", "--store", store]
     uri = "s3://b/r?endpoint_override=127.0.0.1:9000&scheme=http"
-    _summary(outcome_of(write_spec(SPEC), "ok"), Store(uri))
+    summary(outcome_of(write_spec(SPEC), "ok"), Store(uri))
     assert hint(capsys.readouterr().out, "; try: ") == ["stepscope", "query", "phase_shares", "--store", uri]
 
 
 def test_no_results_in_when_every_trial_failed(write_spec, tmp_path, capsys):
     store = str(tmp_path / ODD)
-    _summary(outcome_of(write_spec(SPEC), "failed", "failed"), Store(store))
+    summary(outcome_of(write_spec(SPEC), "failed", "failed"), Store(store))
     out = capsys.readouterr().out
     assert "results in" not in out
     assert "no trial stored a result; see why with: " in out

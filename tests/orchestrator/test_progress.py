@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from stepscope.orchestrator import scheduler
-from stepscope.orchestrator.cli import _PrintProgress, cli
+from stepscope.orchestrator.cli import cli
+from stepscope.orchestrator.progress import PrintProgress
 from stepscope.orchestrator.scheduler import Snapshot, SweepOutcome, TrialOutcome, _Running
 from stepscope.orchestrator.spec import load_spec
 from stepscope.workloads.registry import resolve_params
@@ -31,7 +32,7 @@ def trial(i: int, gpu: str | None, batch: int = 16) -> Trial:
 def test_trial_lines_keep_one_column_with_long_gpu_labels(write_spec, capsys):
     spec = load_spec(write_spec("name: x\ngrid: {workload: [mlp]}\n"))
     trials = [trial(0, "A100"), trial(1, "A100-SXM4-80GB-with-a-long-name", batch=1024)]
-    progress = _PrintProgress(spec, trials)
+    progress = PrintProgress(spec, trials)
     for i, t in enumerate(trials):
         done = TrialOutcome(t, TrialStatus.OK, None, 1234.5, 2.0, 1)
         progress.trial_done(done, Snapshot(i + 1, 2, {}, 0, 1.0, None))
@@ -40,7 +41,7 @@ def test_trial_lines_keep_one_column_with_long_gpu_labels(write_spec, capsys):
 
 
 def test_the_bar_says_starting_between_trials_and_none_only_at_the_end(write_spec, capsys):
-    progress = _PrintProgress(load_spec(write_spec("name: x\ngrid: {workload: [mlp]}\n")))
+    progress = PrintProgress(load_spec(write_spec("name: x\ngrid: {workload: [mlp]}\n")))
     progress.tty = True
     progress.tick(Snapshot(1, 3, {}, 0, 1.0, 2.0), force=True)
     assert "running: starting" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stepscope.orchestrator.cli import _summary
+from stepscope.orchestrator.commands.run import summary
 from stepscope.orchestrator.grid import expand
 from stepscope.orchestrator.resume import pick_sweep
 from stepscope.orchestrator.scheduler import SweepOutcome, TrialOutcome, sweep_row
@@ -36,7 +36,7 @@ def test_a_nonfinite_trial_fails_the_sweep_and_is_listed_in_the_summary(write_sp
     error = "loss became nan at iteration 3 (measured step 1)"
     outcome.outcomes.append(TrialOutcome(trials[1], TrialStatus.NONFINITE, error, 10.0, 1.0, 1))
     assert not outcome.all_results  # exit code 1
-    _summary(outcome, Store(str(tmp_path / "s")))
+    summary(outcome, Store(str(tmp_path / "s")))
     out = capsys.readouterr().out
     assert "r-1: 2 trials run (1 ok, 1 nonfinite)" in out
     assert f"  nonfinite: {trials[1].label} [{trials[1].trial_id}]: {error}" in out

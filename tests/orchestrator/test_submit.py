@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stepscope.orchestrator import jobs
-from stepscope.orchestrator.cli import _resume_hint
+from stepscope.orchestrator.commands.run import resume_hint
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml")
 
@@ -95,9 +95,9 @@ def test_the_resume_command_is_a_submit_of_the_users_own_spec_and_store():
 def test_a_submitted_driver_prints_the_submit_command_not_its_working_copy(monkeypatch):
     # Outside a job: the `run` that resumes, as the user typed the spec and store.
     monkeypatch.delenv(jobs.RESUME_COMMAND_ENV, raising=False)
-    assert _resume_hint("sweeps/a b.yaml", "/tmp/res") == "stepscope run 'sweeps/a b.yaml' --resume --store /tmp/res"
-    assert _resume_hint("a.yaml", None) == "stepscope run a.yaml --resume"
+    assert resume_hint("sweeps/a b.yaml", "/tmp/res") == "stepscope run 'sweeps/a b.yaml' --resume --store /tmp/res"
+    assert resume_hint("a.yaml", None) == "stepscope run a.yaml --resume"
     # Inside the job `stepscope submit` made: the command it left in the job's environment.
     submitted = "stepscope submit 'my sweep.yaml' --address http://head:8265 --store /shared/res --resume"
     monkeypatch.setenv(jobs.RESUME_COMMAND_ENV, submitted)
-    assert _resume_hint("my sweep.yaml", "/shared/res") == submitted
+    assert resume_hint("my sweep.yaml", "/shared/res") == submitted
