@@ -111,7 +111,8 @@ def _keep_examples_verbatim(command: click.Command) -> None:
         _keep_examples_verbatim(sub)
 
 
-for _command in (
+#: Every command, by family; `stepscope --help` lists them alphabetically.
+COMMANDS = (
     run.plan, run.run, run.trial, run.workloads,
     jobs.submit, jobs.jobs,
     query.query, query.sql,
@@ -119,7 +120,8 @@ for _command in (
     report.report,
     store.compact, store.store_group,
     peaks.peaks,
-):
+)
+for _command in COMMANDS:
     cli.add_command(_command)
 _keep_examples_verbatim(cli)  # every command is added by now
 
