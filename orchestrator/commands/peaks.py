@@ -36,14 +36,14 @@ def peaks(refresh: bool, device: str | None, precisions: tuple[str, ...], clear:
         stepscope peaks --refresh --device cpu --precision fp32 --precision bf16
         stepscope peaks --clear
     """
-    from stepscope.workloads.measure import peaks as pk
-    from stepscope.workloads.measure.utilization import cache_dir
+    from stepscope.workloads.measure import flop_peaks as pk
+    from stepscope.workloads.measure.utilization import peak_cache_dir
 
     if refresh and clear:
         raise click.UsageError("give --refresh or --clear, not both")
     if (device or precisions) and not refresh:
         raise click.UsageError("--device and --precision go with --refresh")
-    folder = cache_dir()
+    folder = peak_cache_dir()
     if clear:
         held = pk.clear_cache(folder)
         click.echo(f"Removed {held} measured peak{'s' if held != 1 else ''} from {folder}.")
