@@ -114,24 +114,24 @@ class FakeCudaAllocator:
 
 
 @pytest.mark.parametrize("nested", [True, False])
-def test_phase_peaks_reset_at_every_boundary(nested, monkeypatch):
-    from stepscope.workloads.measure.memory import PhasePeaks
+def test_phase_memory_peaks_reset_at_every_boundary(nested, monkeypatch):
+    from stepscope.workloads.measure.memory import PhaseMemoryPeaks
 
     cuda = FakeCudaAllocator()
     cuda.retries = 5  # retries before the step: not any phase's
     if not nested:  # an older torch: the public per-figure calls
         monkeypatch.setattr(FakeCudaAllocator, "memory_stats_as_nested_dict", None)
-    peaks = PhasePeaks(SimpleNamespace(cuda=cuda), SimpleNamespace(type="cuda", index=0), 3)
-    peaks.mark(0)
+    memory_peaks = PhaseMemoryPeaks(SimpleNamespace(cuda=cuda), SimpleNamespace(type="cuda", index=0), 3)
+    memory_peaks.mark(0)
     cuda.alloc(100, 200)
     cuda.alloc(50, 200)
-    peaks.mark(1)  # phase 0 peaked at 100 allocated
+    memory_peaks.mark(1)  # phase 0 peaked at 100 allocated
     cuda.retries += 2  # the allocator freed its cache and retried, twice
     cuda.alloc(70, 400)
-    peaks.mark(2)  # phase 1 starts from 50: its peak is 70, reserved grew to 400
+    memory_peaks.mark(2)  # phase 1 starts from 50: its peak is 70, reserved grew to 400
     cuda.alloc(10, 400)
-    peaks.mark(3)
-    _, allocated, reserved, retries = peaks.read()
-    peaks.close()
+    memory_peaks.mark(3)
+    _, allocated, reserved, retries = memory_peaks.read()
+    memory_peaks.close()
     assert allocated == (100, 70, 70) and reserved == (200, 400, 400)
     assert retries == (0, 2, 0)

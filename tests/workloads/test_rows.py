@@ -1,48 +1,20 @@
-"""The typed records' fields are the schema's columns, and rows.py turns them into rows
-the store accepts (`schema.check_rows` refuses any other key set)."""
+"""rows.py turns the typed records into rows the store accepts (`schema.check_rows` refuses
+any other key set). That the records' fields, the rows and the views name the schema's
+columns is test_columns.py's."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from stepscope.workloads.measure import rows
 from stepscope.workloads.measure.records import (
-    DEVICE_ONLY_FIELDS,
     DeviceFacts,
-    DeviceSamples,
     Measured,
     MemoryUse,
     NvmlIdentity,
     Work,
 )
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.schema import DEVICES, TRIALS, TrialStatus, check_rows
+from stepscope.workloads.storage.schema import TrialStatus, check_rows
 from stepscope.workloads.trial import Trial
-
-
-def names(record) -> list[str]:
-    return [f.name for f in dataclasses.fields(record)]
-
-
-def test_work_and_memory_fields_are_trials_columns_in_schema_order():
-    for record in (Work, MemoryUse, DeviceSamples):
-        fields = names(record)
-        start = TRIALS.names.index(fields[0])
-        assert TRIALS.names[start : start + len(fields)] == fields, record.__name__
-
-
-def test_device_facts_are_trials_columns_and_the_rest_are_devices_columns():
-    trial_side = [n for n in names(DeviceFacts) if n not in DEVICE_ONLY_FIELDS]
-    assert set(trial_side) <= set(TRIALS.names)
-    assert set(trial_side) - {"device_index", "num_threads", "python_version"} <= set(DEVICES.names)
-    assert {"cpu_model", "host_memory_bytes"} <= set(DEVICES.names)
-
-
-def test_nvml_identity_fields_are_devices_columns_but_the_pending_modes():
-    # is_mig_instance and mig_parent_sm_count feed the MIG-scaled datasheet peak
-    # (peaks.device_datasheet_peak); a MIG slice's devices row is told by its MIG- UUID.
-    not_columns = {"ecc_pending", "mig_pending", "device_uuid", "is_mig_instance", "mig_parent_sm_count"}
-    assert set(names(NvmlIdentity)) - not_columns <= set(DEVICES.names)
 
 
 def _trial() -> Trial:

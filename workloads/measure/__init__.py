@@ -3,6 +3,8 @@
 
 - `runner`: `run_trial`, the loop: warmup, measured steps, the six phases, statuses.
 - `timing`: phase timers (CUDA events on a GPU, perf_counter_ns on a CPU).
+- `measurers`: what the loop measures beside the timer, step by step (memory peaks per phase,
+  saved tensors, the loss trace, the NVML sampler), behind one protocol, `StepMeasurer`.
 - `batch`: moving a batch to the device and calling the model with it.
 - `precision`: what each precision name means for the model, the data and the step.
 - `memory`: parameter/gradient/optimizer/activation bytes, per-phase memory peaks, NVML memory.

@@ -185,9 +185,10 @@ class PeakRss:
             os.close(self._status)
 
 
-class PhasePeaks:
-    """Called at every phase boundary, right after the timer: records the peaks of
-    the phase that just ended and resets them for the next one.
+class PhaseMemoryPeaks:
+    """Per-phase memory peaks (not FLOP peaks: those are `flop_peaks`'). Called at every
+    phase boundary, inside the timer's mark: records the peaks of the phase that just
+    ended and resets them for the next one.
 
     On CUDA the peaks are read from the caching allocator's statistics.
     `torch.cuda.max_memory_allocated` and `max_memory_reserved` each build and
@@ -239,6 +240,9 @@ class PhasePeaks:
 
     def close(self) -> None:
         self.rss.close()
+
+
+PhasePeaks = PhaseMemoryPeaks  # the old name, still used by bench/gpucheck/probes.py
 
 
 def nvml_used_bytes(uuid: str | None, pid: int | None = None, nvml: Any | None = None) -> tuple[int | None, str | None]:

@@ -1,8 +1,8 @@
 """Typed records: what the measurement code hands the runner, one field per column.
 
 Each record's fields are named after the columns they fill (`stepscope.workloads.storage.schema`);
-`stepscope.workloads.measure.rows` is the one place that turns them into rows, and a
-test holds the field names to the schema's columns.
+`stepscope.workloads.measure.rows` is the one place that turns them into rows, and
+tests/workloads/test_columns.py holds the field names and types to the schema's columns.
 
 Units are in the names: `_bytes` bytes, `_ms` milliseconds, `_s` seconds, `_mhz`,
 `_w` watts, `tflops` 10^12 FLOP/s; None where a value could not be measured.
@@ -153,7 +153,7 @@ class Measured:
     device_ms: list[list[float] | None] = field(default_factory=list)  # per step; None on a CPU (= host)
     gaps_ms: list[list[float | None] | None] = field(default_factory=list)  # GPU idle before each phase
     host_ns: list[tuple[int, ...]] = field(default_factory=list)  # clock at each phase's start and end
-    phase_peaks: list[tuple] = field(default_factory=list)  # per step: (rss, allocated, reserved, retries)
+    phase_memory_peaks: list[tuple] = field(default_factory=list)  # per step: (rss, allocated, reserved, retries)
     model_to_device_ms: float | None = None
     param_count: int | None = None
     measured_wall_s: float | None = None
@@ -165,3 +165,8 @@ class Measured:
     work: Work = field(default_factory=Work)
     mem: MemoryUse = field(default_factory=MemoryUse)
     samples: DeviceSamples = field(default_factory=DeviceSamples)
+
+    @property
+    def phase_peaks(self) -> list[tuple]:
+        """The old name of `phase_memory_peaks`, still used by tests/test_gpu_check.py."""
+        return self.phase_memory_peaks

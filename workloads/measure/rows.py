@@ -1,8 +1,10 @@
 """The one place where a trial's records become rows of `trials`, `steps` and `devices`.
 
 Columns and types are `stepscope.workloads.storage.schema`'s; the store refuses a row
-whose keys differ from them (`schema.check_rows`), and tests/workloads/test_rows.py
-holds the records' fields to those columns.
+whose keys differ from them (`schema.check_rows`), and tests/workloads/test_columns.py
+holds the records' fields, these rows and the views' casts to those columns, naming any
+column that differs. A record's fields go in by name (`dataclasses.asdict`): a new column
+that a record fills is its schema field and the record's field, nothing here.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def step_rows(trial: Trial, sweep_id: str, m: Measured) -> list[dict[str, Any]]:
     rows = []
     no_gaps = (None,) * len(PHASES)
     for it, (dev, gaps, host_ns, (rss, alloc, reserved, retries)) in enumerate(
-        zip(m.device_ms, m.gaps_ms, m.host_ns, m.phase_peaks, strict=True)
+        zip(m.device_ms, m.gaps_ms, m.host_ns, m.phase_memory_peaks, strict=True)
     ):
         host = phase_ms(host_ns)
         if dev is None:  # a CPU: wall time is device time, and there is no device to sit idle

@@ -24,10 +24,22 @@ from stepscope.workloads.api import Workload
 from stepscope.workloads.measure import device as devices
 from stepscope.workloads.measure import memory, rows, utilization
 from stepscope.workloads.measure.batch import call_model, to_device
-from stepscope.workloads.measure.losses import LossTrace
+from stepscope.workloads.measure.measurers import (
+    BACKWARD,
+    DATA,
+    END,
+    FORWARD,
+    LOSS,
+    OPTIMIZER,
+    TO_DEVICE,
+    DeviceSampler,
+    LossWatch,
+    Measurers,
+    PhaseMemory,
+    SavedForBackward,
+)
 from stepscope.workloads.measure.precision import Precision
 from stepscope.workloads.measure.records import Measured
-from stepscope.workloads.measure.sampler import NvmlSampler
 from stepscope.workloads.measure.timing import make_timer
 from stepscope.workloads.params import COMMON_BY_NAME
 from stepscope.workloads.registry import is_custom, load_builder
@@ -222,46 +234,42 @@ def make_optimizer(torch: Any, name: str, params: list, lr: float, eps: float | 
 
 
 def _loop(torch, trial, workload, model, optimizer, device, precision, out: Measured) -> None:
+    """Warmup then measured steps, each phase between two marks of the timer, named by the
+    phase that starts there (`measurers.DATA` ... `END`); the per-step measurers beside it."""
     p = trial.params
     warmup, total = p["warmup"], p["warmup"] + p["iterations"]
-    peaks = memory.PhasePeaks(torch, device, N_PHASES)
-    timer = make_timer(device.type, N_PHASES, torch, between=peaks.mark)  # peaks: off the device's clock
+    cuda = device.type == "cuda"
+    out.mem = replace(out.mem, param_bytes=memory.param_bytes(model))
+    measurers = Measurers(  # in this order: the sampler stops before the others read the device
+        PhaseMemory(torch, device, out),
+        DeviceSampler(out.facts.device_uuid if cuda else None, warmup, out),
+        LossWatch(torch, device, total, out),
+        SavedForBackward(torch, model, out),
+    )
+    timer = make_timer(device.type, N_PHASES, torch, between=measurers.boundary)  # off the device's clock
     make_batch, loss_fn, autocast, scaler = workload.make_batch, workload.loss_fn, precision.autocast, precision.scaler
     cast = precision.param_dtype if precision.param_dtype != torch.float32 else None
-    # What autograd saves is counted on the first step, warmup or not (so the figure never
-    # depends on `warmup`): the hooks cost a few microseconds per saved tensor, in that step only.
-    saved = memory.SavedTensors(model)
-    out.mem = replace(out.mem, param_bytes=memory.param_bytes(model))
-    losses = LossTrace(torch, device, total)
-    # Clocks, power, temperature and throttle reasons while the measured steps run (a daemon
-    # thread, a few NVML calls every 100 ms; a no-op on a CPU or without NVML).
-    sampler = NvmlSampler(out.facts.device_uuid if device.type == "cuda" else None)
-    loss = None
-    measure_start = 0
+    loss, measure_start, completed = None, 0, False
     try:
         for step in range(total):
+            measurers.start_step(step)
             if step == warmup:
-                sampler.start()  # before the clock starts: opening NVML is no step's cost
-                if device.type == "cuda":
+                if cuda:
                     torch.cuda.synchronize(device)  # the measured wall clock starts on an idle device
                 measure_start = perf_counter_ns()
-            hooks = (
-                torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack)
-                if step == 0
-                else contextlib.nullcontext()
-            )
-            timer.mark(0)
+            forward_context = measurers.forward_context(step)
+            timer.mark(DATA)
             inputs, targets = make_batch()
-            timer.mark(1)
+            timer.mark(TO_DEVICE)
             inputs, targets = to_device(inputs, device, cast), to_device(targets, device, cast)
-            timer.mark(2)
-            with autocast(), hooks:
+            timer.mark(FORWARD)
+            with autocast(), forward_context:
                 outputs = call_model(model, inputs)
-                timer.mark(3)
+                timer.mark(LOSS)
                 loss = loss_fn(outputs, targets)
-            timer.mark(4)
+            timer.mark(BACKWARD)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            timer.mark(5)
+            timer.mark(OPTIMIZER)
             if step == 0:
                 out.mem = replace(out.mem, grad_bytes=memory.grad_bytes(model))
             if scaler is not None:
@@ -270,40 +278,37 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: Meas
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            timer.mark(6)
+            timer.mark(END)
             # Drop this step's tensors now, so they do not live on into the next
             # step's phases (a GPT's logits are the largest tensor of its step).
             loss = loss.detach()
-            # After the step's last phase ended, before the next one starts: no phase pays for
-            # it, and on a GPU it is one queued copy, read once after the loop (no sync here).
-            losses.record(step, loss)
+            measurers.end_step(step, loss)
             del inputs, targets, outputs
             # The host's readings now; on a GPU the device's for the steps whose events have
             # completed, without waiting for them (the host runs ahead, as a plain loop does).
             host_ns, done = timer.end_step()
-            _keep_step(out, host_ns, peaks.read(), done)
-        if device.type == "cuda":
+            _keep_step(out, host_ns, done)
+        if cuda:
             # The measured wall clock ends when the device has finished the last step.
             torch.cuda.synchronize(device)
         out.measured_wall_s = (perf_counter_ns() - measure_start) / 1e9
         _keep_device_times(out, timer.drain())  # complete by now: no wait
+        completed = True
     except BaseException:
         # Keep the steps whose device times can still be read; a device in an error state
         # may not answer: then only the steps already read are kept.
         with contextlib.suppress(Exception):
             _keep_device_times(out, timer.drain())
-        _drop_unread(out, timer.device_timed)
-        # A NaN loss in the steps that completed is often why a later one failed; the
-        # failure stays the status.
-        with contextlib.suppress(Exception):
-            out.nonfinite = losses.first_nonfinite(len(out.device_ms))
+        _keep_whole_steps(out, timer.device_timed)
         raise
     finally:
-        peaks.close()
-        out.samples = sampler.stop()
-    out.nonfinite = losses.first_nonfinite(len(out.device_ms))  # the trace's one sync, after the clock stopped
-    out.mem = replace(out.mem, optimizer_state_bytes=memory.optimizer_state_bytes(optimizer),
-                      activation_bytes=saved.total, autocast_weight_bytes=saved.autocast_weight_total)
+        measurers.finish(completed)
+    _after_loop(torch, device, optimizer, loss, out)
+
+
+def _after_loop(torch, device, optimizer, loss, out: Measured) -> None:
+    """The trial's memory and final loss, read once the measured steps are over."""
+    out.mem = replace(out.mem, optimizer_state_bytes=memory.optimizer_state_bytes(optimizer))
     if device.type == "cuda":
         out.mem = replace(out.mem, alloc_retries=int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0)))
         used, scope = memory.nvml_used_bytes(out.facts.device_uuid)
@@ -314,10 +319,9 @@ def _loop(torch, trial, workload, model, optimizer, device, precision, out: Meas
         out.final_loss = float(loss.float().item())
 
 
-def _keep_step(out: Measured, host_ns: tuple[int, ...], phase_peaks: tuple, done: list) -> None:
+def _keep_step(out: Measured, host_ns: tuple[int, ...], done: list) -> None:
     """Append a step's host readings; fill in the device readings that became available."""
     out.host_ns.append(host_ns)
-    out.phase_peaks.append(phase_peaks)
     out.device_ms.append(None)  # on a GPU, filled in once its events have completed
     out.gaps_ms.append(None)
     _keep_device_times(out, done)
@@ -329,12 +333,12 @@ def _keep_device_times(out: Measured, done: list) -> None:
         out.device_read = step + 1
 
 
-def _drop_unread(out: Measured, device_timed: bool) -> None:
-    """After a failure on a GPU: keep only the steps whose device times were read (a step
-    without them has no device time to store; host time is no stand-in for it)."""
-    if device_timed:
-        n = out.device_read
-        del out.device_ms[n:], out.gaps_ms[n:], out.host_ns[n:], out.phase_peaks[n:]
+def _keep_whole_steps(out: Measured, device_timed: bool) -> None:
+    """After a failure: keep only the steps with every reading in. On a GPU, those whose
+    device times were read (a step without them has no device time to store; host time is
+    no stand-in for it); everywhere, none that a measurer kept but the timer did not."""
+    n = out.device_read if device_timed else len(out.host_ns)
+    del out.device_ms[n:], out.gaps_ms[n:], out.host_ns[n:], out.phase_memory_peaks[n:]
 
 
 def _not_negative(value: int) -> int | None:
