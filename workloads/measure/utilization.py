@@ -35,9 +35,6 @@ def peak_cache_dir() -> str:
     return os.environ.get("STEPSCOPE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "stepscope")
 
 
-cache_dir = peak_cache_dir  # the old name, still imported by orchestrator/cli.py (`stepscope peaks`)
-
-
 def count(builder: Callable, params: Mapping[str, Any]) -> Work:
     """FLOPs of one training step (`flops.count_step_flops`): forward, backward proper and
     recompute, each per step of the whole batch; and a built-in's analytic count."""
