@@ -85,6 +85,9 @@ class Measurers:
             start(step)
 
     def forward_context(self, step: int) -> contextlib.AbstractContextManager:
+        if len(self._contexts) == 1:  # the common case, without building a list every step
+            context = self._contexts[0](step)
+            return _NO_CONTEXT if context is None else context
         contexts = [c for c in (f(step) for f in self._contexts) if c is not None]
         if len(contexts) > 1:
             return _all_of(contexts)
