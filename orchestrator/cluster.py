@@ -17,9 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from stepscope.errors import StepscopeError
+
 ACCEL_PREFIX = "accelerator_type:"
 MODEL_PREFIX = "gpu_model:"
 _TINY = 0.001  # a fractional request: selects the node type without using up the label
+
+
+class SchedulerError(StepscopeError, RuntimeError):
+    """The sweep cannot start (cluster unreachable, GPU types or storage missing)."""
 
 
 @dataclass(frozen=True, slots=True)

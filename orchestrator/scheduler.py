@@ -1,7 +1,9 @@
 """Trials -> Ray tasks: resources, isolation, retries, timeouts, resume, interrupts.
 
-Ray is imported here and, for `stepscope submit`, in `stepscope.orchestrator.jobs`
-(the layer contract in pyproject.toml holds it). One Ray task per trial:
+Ray is imported here (with the two modules this one re-exports: `ray_session`, the
+connection, and `preflight`, the checks before a trial is handed out) and, for `stepscope
+submit`, in `stepscope.orchestrator.jobs` (the layer contract in pyproject.toml holds it).
+One Ray task per trial:
 
 - `isolation: process` (default) runs each trial in a fresh OS process that never
   ran another trial, so CUDA memory, allocator caches, cuDNN autotuning and torch's
@@ -25,26 +27,34 @@ Ray is imported here and, for `stepscope submit`, in `stepscope.orchestrator.job
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import logging
 import os
 import signal
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from stepscope.errors import StepscopeError, one_line
+from stepscope.errors import one_line
 from stepscope.orchestrator import cluster, forkserver
+from stepscope.orchestrator.cluster import SchedulerError  # noqa: F401 (re-exported)
+from stepscope.orchestrator.preflight import (  # noqa: F401 (re-exported)
+    PROBE_TIMEOUT_S,
+    check_isolation,
+    check_store_visible,
+    check_store_writable,
+    plan_trials,
+    resolve_gpu_types,
+    trial_nodes,
+)
+from stepscope.orchestrator.ray_session import Session, use_token_if_present  # noqa: F401 (re-exported)
 from stepscope.orchestrator.spec import Isolation, SweepSpec, search_paths  # noqa: F401 (re-exported)
 from stepscope.workloads.measure.runner import failed_row, run_trial
 from stepscope.workloads.registry import BUILTINS
 from stepscope.workloads.storage.schema import SCHEMA_VERSION, TrialStatus, version
-from stepscope.workloads.storage.store import PROBE_DIR, Store, StoreError, probe_write
+from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 MAX_RETRIES = 2  # resubmissions after a worker, a trial's process or a node died
@@ -53,10 +63,6 @@ MAX_RETRIES = 2  # resubmissions after a worker, a trial's process or a node die
 #: or FLOP count: a second per trial if the server did not.
 PRELOAD = ("torch", "torch._dynamo", "stepscope.workloads.measure.runner", *(w.module for w in BUILTINS.values()))
 NODE_REFRESH_S = 5.0  # how often the driver re-reads which nodes are alive
-
-
-class SchedulerError(StepscopeError, RuntimeError):
-    """The sweep cannot start (cluster unreachable, GPU types or storage missing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,253 +133,6 @@ def sweep_row(spec: SweepSpec, sweep_id: str, n_trials: int, address: str | None
         "stepscope_version": version(),
         "schema_version": SCHEMA_VERSION,
     }
-
-
-#: Ray's logger for its token-authentication setup (ray/_private/authentication/).
-_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-class _DropTokenAuthEnabledNotice(logging.Filter):
-    """Ray 2.60 logs, whenever a new local cluster turns token authentication on by default,
-    that it did so. For stepscope's own embedded cluster (on this machine, gone with the
-    sweep) that is one line of noise on every run. Only that notice is dropped: the warning
-    that authentication is *disabled* still prints."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
-
-
-@contextlib.contextmanager
-def _without_token_auth_notice():
-    logger, notice = logging.getLogger(_AUTH_LOGGER), _DropTokenAuthEnabledNotice()
-    logger.addFilter(notice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notice)
-
-
-#: Ray Client's proxy starts a server per client; on a loaded head that start can miss the
-#: proxy's deadline ("Initialization failure from server") and succeed on the next try.
-CLIENT_INIT_TRIES, CLIENT_INIT_PAUSE_S = 3, 2.0
-
-
-def _init_with_retries(ray, address: str, options: dict) -> None:
-    for attempt in range(1, CLIENT_INIT_TRIES + 1):
-        try:
-            ray.init(address=address, **options)
-            return
-        except ConnectionError as exc:
-            retry = address.startswith("ray://") and "Initialization failure from server" in str(exc)
-            if not retry or attempt == CLIENT_INIT_TRIES:
-                raise
-            time.sleep(CLIENT_INIT_PAUSE_S)
-
-
-class Session:
-    """A connection to Ray for one sweep: an embedded cluster or an existing one."""
-
-    def __init__(self, address: str | None) -> None:
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        # Before Ray is imported: it reads its authentication settings early.
-        self.token = use_token_if_present(self.address)
-        import ray
-
-        self.ray = ray
-        self.started_here = False
-
-    def __enter__(self) -> Session:
-        ray = self.ray
-        if ray.is_initialized():
-            return self
-        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
-        try:
-            if self.address is None:
-                # "local": always a new cluster of our own. ray.init() with no address would
-                # join the cluster last recorded by `ray start` on this machine, even a dead
-                # one (it then hangs for minutes), or silently run on someone else's.
-                with _without_token_auth_notice():
-                    ray.init(address="local", include_dashboard=False, **quiet)
-            else:
-                _init_with_retries(ray, self.address, quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = self.address or "a local cluster"
-            hint = "" if self.token else (
-                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
-                "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)"
-            )
-            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {one_line(exc)}{hint}") from None
-        self.started_here = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.started_here:
-            self.ray.shutdown()
-
-    def nodes(self) -> list[cluster.Node]:
-        return cluster.alive_nodes(self.ray)
-
-
-def use_token_if_present(address: str | None) -> bool:
-    """Ray turns token authentication on by itself only for an embedded cluster or
-    `auto`; for an explicit address a driver must ask for it. When the user has a
-    token (the way Ray looks for one) and has not chosen a mode, use it: a token
-    driver also connects to a cluster without authentication. True if in token mode."""
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode:
-        return mode == "token"
-    if address is None:
-        return False
-    has_token = (
-        os.environ.get("RAY_AUTH_TOKEN")
-        or os.environ.get("RAY_AUTH_TOKEN_PATH")
-        or os.path.exists(os.path.expanduser("~/.ray/auth_token"))
-    )
-    if has_token:
-        os.environ["RAY_AUTH_MODE"] = "token"
-    return bool(has_token)
-
-
-def resolve_gpu_types(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> list[str] | None:
-    """The GPU types this sweep targets on this cluster; None for `any`.
-    A type that no node has is an error now (Ray would leave its trials pending forever)."""
-    if spec.gpus_each:
-        types = cluster.each_types(nodes)
-        if not types:
-            raise SchedulerError("gpus: each: the cluster has no GPU node; use `gpus: any` for CPU nodes")
-        return types
-    if spec.gpus is None:
-        return None
-    have = cluster.types_present(nodes)
-    missing = [g for g in spec.gpus if g not in have]
-    if missing:
-        listed = ", ".join(have) or "none"
-        raise SchedulerError(f"gpus: no node of the cluster has {', '.join(missing)}; GPU types present: {listed}")
-    return list(spec.gpus)
-
-
-def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver_ip: str) -> None:
-    """A local-path store works only if every node sees the same directory.
-
-    Nodes on the driver's host do; for others (a shared mount, or not) we ask
-    each node whether it sees a probe file the driver just wrote.
-    """
-    root = store.local_root
-    remote = [n for n in nodes if n.ip != driver_ip]
-    if root is None or not remote:
-        return
-    os.makedirs(root, exist_ok=True)
-    probe = os.path.join(root, f".stepscope-probe-{uuid.uuid4().hex}")
-    with open(probe, "w") as f:
-        f.write("probe")
-    try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        check = ray.remote(num_cpus=0)(os.path.exists)
-        refs = {
-            n.ip: check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(probe)
-            for n in remote
-        }
-        blind = sorted(ip for ip, ref in refs.items() if not _probe_answer(ray, ref))
-    finally:
-        os.unlink(probe)
-    if blind:
-        raise SchedulerError(
-            f"--store {store.location}: a local path, but nodes on other hosts ({', '.join(blind)}) "
-            "cannot see it; use a directory mounted at the same path on every node, "
-            "or an object store URI such as s3://bucket/prefix"
-        )
-
-
-#: How long the driver waits for every node's answer to the store probe. A node answers in
-#: a second or two (a worker starts, one small write and delete); a store that cannot be
-#: reached fails within seconds (`stepscope.workloads.storage.store.S3_CONNECT_TIMEOUT_S`).
-PROBE_TIMEOUT_S = 60.0
-
-
-def check_store_writable(ray, store: Store, nodes: Sequence[cluster.Node], driver_ip: str,
-                         timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Each of `nodes` (those that may run a trial) must be able to write the store, or
-    its trials run to the end and lose their rows at the write (a node without the
-    credentials or the endpoint the driver has). So each node writes and deletes a probe
-    object (`store.probe_write`) from a task pinned to it, before anything is submitted.
-
-    A local-path store is the driver's own directory for nodes on its host (the driver
-    writes there itself); other hosts are probed (after `check_store_visible`).
-    """
-    remote_only = store.local_root is not None
-    targets = [n for n in nodes if not (remote_only and n.ip == driver_ip)]
-    if not targets:
-        return
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    # The store's own function, not one of this module: a worker unpickles it without torch.
-    probe = ray.remote(num_cpus=0, max_retries=0)(probe_write)
-    token = uuid.uuid4().hex[:12]
-    refs = {
-        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False)).remote(
-            store, f"{n.node_id[:12]}-{token}"
-        ): n
-        for n in targets
-    }
-    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
-    if remote_only:  # the probes' folder on a shared mount; a probe still running keeps it
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(store.local_root, PROBE_DIR))
-    failures: list[tuple[cluster.Node, str]] = []  # node, why
-    for ref in ready:
-        try:
-            ray.get(ref)
-        except Exception as exc:  # Ray's wrapper of the StoreError the probe raised, or of a dead worker
-            cause = getattr(exc, "cause", None)
-            failures.append((refs[ref], str(cause) if isinstance(cause, StoreError) else one_line(exc)))
-    for ref in late:
-        ray.cancel(ref, force=True)
-        failures.append((refs[ref], f"no answer to the store probe within {timeout:g} s"))
-    if failures:
-        node, error = failures[0]
-        more = f"; {len(failures) - 1} more node(s) fail too" if len(failures) > 1 else ""
-        raise SchedulerError(
-            f"--store {store.location}: node {node.node_id[:12]} ({node.ip}): "
-            f"{error.removeprefix(f'--store {store.location}: ')}{more}. Every node that runs trials "
-            "must be able to write the store: give the nodes the credentials and endpoint the driver "
-            "uses (or mount the directory there), or use a store they all reach; nothing was run"
-        )
-
-
-def trial_nodes(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> list[cluster.Node]:
-    """The nodes a trial may run on: those with a GPU when the sweep uses GPUs (as
-    `_Driver.describe` decides), else those with a CPU."""
-    if spec.targets.wants_gpus or any(n.gpus for n in nodes):
-        return [n for n in nodes if n.gpus]
-    return [n for n in nodes if n.cpus >= 1]
-
-
-def check_isolation(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> None:
-    """A reused worker keeps the GPU it first initialised CUDA on (CUDA reads
-    CUDA_VISIBLE_DEVICES once), so on a node with several GPUs its next trial
-    could land on a GPU that Ray has given to another trial."""
-    if spec.isolation is Isolation.REUSE and (spec.targets.wants_gpus or any(n.gpus for n in nodes)):
-        many = sorted({n.ip for n in nodes if n.gpus > 1})
-        if many:
-            raise SchedulerError(
-                f"isolation: reuse cannot keep trials on their own GPU on nodes with several GPUs "
-                f"({', '.join(many)}); use `isolation: process`"
-            )
-
-
-def _probe_answer(ray, ref) -> bool:
-    try:
-        return bool(ray.get(ref, timeout=120))
-    except Exception:  # a node that cannot answer cannot be trusted with the path either
-        return False
-
-
-def plan_trials(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> tuple[list[Trial], list[str] | None]:
-    from stepscope.orchestrator.grid import expand
-
-    types = resolve_gpu_types(spec, nodes)
-    return expand(spec, types if spec.gpus_each else None), types
 
 
 def run_sweep(

@@ -14,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from stepscope.orchestrator import scheduler
+from stepscope.orchestrator import ray_session, scheduler
 from stepscope.orchestrator.cli import cli
 from stepscope.orchestrator.progress import PrintProgress
 from stepscope.orchestrator.scheduler import Snapshot, SweepOutcome, TrialOutcome, _Running
@@ -67,8 +67,8 @@ def test_eta_is_per_gpu_type_from_its_own_finished_trials(monkeypatch):
 
 
 def test_ray_s_token_auth_enabled_notice_is_dropped_and_its_warning_kept(caplog):
-    logger = logging.getLogger(scheduler._AUTH_LOGGER)
-    with caplog.at_level(logging.WARNING, logger=scheduler._AUTH_LOGGER), scheduler._without_token_auth_notice():
+    logger = logging.getLogger(ray_session._AUTH_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=ray_session._AUTH_LOGGER), ray_session._without_token_auth_notice():
         logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled")
         logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access")
     assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
@@ -105,10 +105,10 @@ def test_a_ray_client_server_that_missed_its_start_deadline_is_tried_again(monke
         if len(calls) < 3:
             raise ConnectionAbortedError("Initialization failure from server:\n")
 
-    monkeypatch.setattr(scheduler, "CLIENT_INIT_PAUSE_S", 0.0)
-    scheduler._init_with_retries(types.SimpleNamespace(init=init), "ray://head:10001", {})
+    monkeypatch.setattr(ray_session, "CLIENT_INIT_PAUSE_S", 0.0)
+    ray_session._init_with_retries(types.SimpleNamespace(init=init), "ray://head:10001", {})
     assert len(calls) == 3
     calls.clear()
     with pytest.raises(ConnectionAbortedError):
-        scheduler._init_with_retries(types.SimpleNamespace(init=init), "head:6379", {})
+        ray_session._init_with_retries(types.SimpleNamespace(init=init), "head:6379", {})
     assert len(calls) == 1
