@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from stepscope.analysis.sweeps import ALL, KnownSweep, choose
 from stepscope.analysis.warehouse import READY, StoreContents, _contents, open_listed
 from stepscope.workloads.storage.layout import (
     COMPACTED_TABLES,
@@ -123,32 +124,28 @@ class SweepCompaction:
     kept: tuple[str, ...] = ()
 
 
-def plan_compaction(store: Store, sweep: str = "all") -> CompactionPlan:
-    """Which sweeps of `store` need compacting: `sweep` is a sweep id, 'latest' (the
-    newest by created_at, as the queries' `sweep=latest`) or 'all'. A sweep is already
+def plan_compaction(store: Store, sweep: str | None = None) -> CompactionPlan:
+    """Which sweeps of `store` need compacting: `sweep` selects them as `--sweep` does
+    everywhere (`stepscope.analysis.sweeps`: ids, names, 'latest', 'all', comma-separated);
+    None, the default, is 'all' (compact tidies every sweep that needs it). A sweep is already
     compacted when no loose `trials` file is left in it and its compacted files are one
     compaction's four, with summaries of the current SUMMARY_VERSION. For a store with no
-    sweep (`contents.state` not READY) the plan is empty; StoreError for a sweep that is
+    sweep (`contents.state` not READY) the plan is empty; SweepError for a sweep that is
     not in the store."""
     listings = {table: store.table_files(table) for table in TABLES}
     contents = _contents(store, listings)
     if contents.state != READY:
         return CompactionPlan(contents)
     stored = sorted(set().union(*(listings[t].sweep_ids for t in COMPACTED_TABLES)))
-    if sweep == "latest":
-        rows = store.read_rows("sweeps", ["sweep_id", "created_at"])
-        if not rows:
-            raise StoreError(f"--sweep latest: no sweeps row in {store.location} tells which sweep is the newest; "
-                             f"give a sweep id or 'all'")
-        chosen = [max(rows, key=lambda r: (r["created_at"] is not None, r["created_at"], r["sweep_id"]))["sweep_id"]]
-    elif sweep == "all":
-        chosen = stored
-    elif sweep in contents.sweep_ids:
-        chosen = [sweep]
-    else:
-        shown = ", ".join(sorted(contents.sweep_ids)[:10])
-        raise StoreError(f"--sweep {sweep}: no such sweep in {store.location}; give one of: {shown} "
-                         f"(or 'latest', or 'all')")
+
+    def known() -> list[KnownSweep]:  # read only when the selection needs it
+        rows = [KnownSweep(r["sweep_id"], r["name"], r["created_at"], True)
+                for r in store.read_rows("sweeps", ["sweep_id", "name", "created_at"])]
+        with_row = {r.sweep_id for r in rows}
+        return rows + [KnownSweep(s) for s in sorted(contents.sweep_ids - with_row)]
+
+    ids = choose(known, sweep, default=ALL)
+    chosen = stored if ids is None else ids
     work, settled = [], []
     for sweep_id in chosen:
         state = _state(listings, sweep_id)
@@ -252,7 +249,7 @@ def _snapshot(fs: pafs.FileSystem, root: str, sweep_id: str) -> dict[str, tuple[
     return found
 
 
-def compact(store: Store, sweep: str = "all") -> list[SweepCompaction]:
+def compact(store: Store, sweep: str | None = None) -> list[SweepCompaction]:
     """Compact every sweep `plan_compaction` picks; [] for a store with no sweep."""
     return [compact_sweep(store, work.sweep_id) for work in plan_compaction(store, sweep).sweeps]
 

@@ -19,6 +19,12 @@ to what the query really returns.
 The views a query reads come from two files that are not queries themselves:
 views.sql (staging: the stored tables renamed and cast) and intermediate.sql
 (the joins and the configuration key the queries share), loaded in that order.
+A subfolder holds the SQL of one reader that is not a named query (`report/`, the
+report's own selections: `read_sql`); `stepscope query --list` lists the top level only.
+
+Every named query's `sweep` parameter takes what `--sweep` takes everywhere
+(`stepscope.analysis.sweeps`: ids, names, latest, all, comma-separated), resolved here
+to what the `in_sweep` macro reads.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import duckdb
 
+from stepscope.analysis.sweeps import SweepError, resolve, sql_value
 from stepscope.errors import StepscopeError
 
 # `stepscope/queries`: in a wheel, the SQL files themselves; in a checkout (and an
@@ -110,6 +117,12 @@ def views_sql() -> str:
     return "\n".join((directory / name).read_text(encoding="utf-8") for name in _VIEW_FILES)
 
 
+def read_sql(relative: str) -> str:
+    """The text of an SQL file under the SQL directory that is no named query, e.g.
+    'report/phases.sql' (a subfolder's files are not listed by `list_queries`)."""
+    return (sql_dir() / relative).read_text(encoding="utf-8")
+
+
 def list_queries() -> list[QueryInfo]:
     """Every named query, sorted by name."""
     paths = sorted(p for p in sql_dir().glob("*.sql") if p.name not in _VIEW_FILES)
@@ -126,7 +139,8 @@ def get_query(name: str) -> QueryInfo:
 def run_query(
     con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None
 ) -> Result:
-    """Run the named query with `params` (missing ones take their defaults)."""
+    """Run the named query with `params` (missing ones take their defaults: `sweep=latest`,
+    `stepscope.analysis.sweeps.DEFAULT`; a `sweep` is any selection `--sweep` takes)."""
     return stream_query(con, name, params).collect()
 
 
@@ -136,39 +150,19 @@ def stream_query(
     """`run_query`, its rows streamed."""
     query = get_query(name)
     values = bind(query, params or {})
-    _check_sweep(con, query, values.get("sweep"))
+    if "sweep" in values:
+        values["sweep"] = _sweep_value(con, query, values["sweep"])
     return _execute(con, query.path.read_text(encoding="utf-8"), values)
 
 
-#: The sweeps of a store, newest first: those with a `sweeps` row by created_at, then those
-#: known only by their trials (a `sweeps` file skipped, or not copied with them) by id.
-_KNOWN_SWEEPS = """
-select sweep_id from (
-    select sweep_id, created_at from sweeps
-    union all by name
-    select distinct sweep_id from trials where sweep_id not in (select sweep_id from sweeps)
-)
-order by created_at desc nulls last, sweep_id
-"""
-
-
-def _check_sweep(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str | None) -> None:
-    """`-p sweep=ID` must name a sweep of the store: an unknown one is an error naming the
-    sweeps there, not no rows. `latest` must have a newest sweep to pick when the store has
-    trials: it is chosen by the `sweeps` rows' created_at, so trials with no `sweeps` row at
-    all would give no rows."""
-    if sweep is None or sweep == "all":
-        return
-    known = [r[0] for r in con.execute(_KNOWN_SWEEPS).fetchall()]
-    shown = ", ".join(known[:10]) + (f" (and {len(known) - 10} more)" if len(known) > 10 else "") if known else "none"
-    if sweep == "latest":
-        if known and con.execute("select count(*) from sweeps").fetchone()[0] == 0:
-            raise QueryError(f"query {query.name}: -p sweep=latest: the store has no sweeps row to tell the newest "
-                             f"sweep (`stepscope store check` says why); give -p sweep=all, or one of: {shown}")
-        return
-    if sweep not in known:
-        raise QueryError(f"query {query.name}: -p sweep={sweep}: no such sweep in the store; use latest, all, "
-                         f"or one of: {shown}")
+def _sweep_value(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str) -> str:
+    """`-p sweep=...` resolved (`stepscope.analysis.sweeps`: ids, names, latest, all, comma
+    lists) to what `in_sweep` reads: an unknown sweep is an error naming the sweeps there, not
+    no rows, and `latest` needs a `sweeps` row to tell the newest sweep."""
+    try:
+        return sql_value(resolve(con, sweep, option="-p sweep"))
+    except SweepError as exc:
+        raise QueryError(f"query {query.name}: {exc}") from None
 
 
 def reads_relations(con: duckdb.DuckDBPyConnection, sql: str) -> bool:

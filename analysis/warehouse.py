@@ -222,7 +222,7 @@ def _private_temp_directory(con: duckdb.DuckDBPyConnection) -> None:
     DuckDB's default `.tmp` in the working directory, which DuckDB would also add to the
     directories a read-only connection may read."""
     path = tempfile.mkdtemp(prefix="stepscope-duckdb-")
-    con.execute(f"set temp_directory = {_sql_string(path)}")
+    con.execute(f"set temp_directory = {sql_string(path)}")
     weakref.finalize(con, shutil.rmtree, path, True)
 
 
@@ -238,7 +238,7 @@ def _read_only(con: duckdb.DuckDBPyConnection, root: str | None) -> None:
     `stepscope.analysis.queries.run_sql`.
     """
     allowed = [os.path.join(root, "")] if root is not None else []
-    con.execute(f"set allowed_directories = [{', '.join(map(_sql_string, allowed))}]")
+    con.execute(f"set allowed_directories = [{', '.join(map(sql_string, allowed))}]")
     con.execute("set enable_external_access = false")
     con.execute("set lock_configuration = true")
 
@@ -264,7 +264,7 @@ def _source_selects(con: duckdb.DuckDBPyConnection, store: Store, name: str, tab
             relation = _local_files(files, union_by_name=not one_shape)
         else:  # a URI store, or a path DuckDB would read as a pattern: pyarrow reads these files
             relation = _dataset_files(con, store, table, files, f"_files_{name}_{i}")
-        where = f" where trial_id not in ({', '.join(map(_sql_string, sorted(exclude)))})" if exclude else ""
+        where = f" where trial_id not in ({', '.join(map(sql_string, sorted(exclude)))})" if exclude else ""
         selects.append(f"select * from {relation}{where}")
     return selects
 
@@ -273,12 +273,14 @@ def _local_files(files: tuple[str, ...], union_by_name: bool = True) -> str:
     """A read_parquet() call over exactly these files, named one by one (their paths hold
     no glob character: DuckDB would expand it), so hidden files are never read.
     `union_by_name=False` only for files of one shape (same columns, types and order)."""
-    paths = "[" + ", ".join(map(_sql_string, files)) + "]"
+    paths = "[" + ", ".join(map(sql_string, files)) + "]"
     # sweep_id is a column of every file, so the hive directory names are not needed.
     return f"read_parquet({paths}, union_by_name = {str(union_by_name).lower()}, hive_partitioning = false)"
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """`text` as an SQL string literal (quotes doubled): for the few values that cannot be a
+    bound parameter (a view's file list, a setting, a JSON path in a generated expression)."""
     return "'" + text.replace("'", "''") + "'"
 
 

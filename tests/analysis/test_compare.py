@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from stepscope.analysis.compare import MIN_TRIALS, CompareError, compare
+from stepscope.analysis.sweeps import SweepError
 from stepscope.analysis.warehouse import connect
 from stepscope.orchestrator.cli import cli
 from stepscope.workloads.storage.schema import PHASES
@@ -277,11 +278,11 @@ def test_the_fast_bootstrap_draws_what_scipys_does():
     # building every resample, within Monte Carlo error (scipy with 10x the resamples).
     from scipy import stats
 
-    from stepscope.analysis.compare import _bootstrap_ratio
+    from stepscope.analysis.stats import bootstrap_ratio
 
     rng = np.random.default_rng(7)
     base, other = rng.lognormal(0.0, 0.2, 30), rng.lognormal(0.3, 0.2, 25)
-    low, high = _bootstrap_ratio(base[None, :], other[None, :])
+    low, high = bootstrap_ratio(base[None, :], other[None, :])
     reference = stats.bootstrap(
         (base, other), lambda b, o, axis=-1: np.median(o, axis=axis) / np.median(b, axis=axis),
         vectorized=True, n_resamples=49_999, method="percentile", rng=np.random.default_rng(2),
@@ -289,11 +290,11 @@ def test_the_fast_bootstrap_draws_what_scipys_does():
     assert low[0] == pytest.approx(reference.low, rel=0.02)
     assert high[0] == pytest.approx(reference.high, rel=0.02)
     # An odd and an even sample: the resampled median is the middle value, or the mean of the two.
-    from stepscope.analysis.compare import _median_positions, _resampled_medians
+    from stepscope.analysis.stats import median_positions, resampled_medians
 
     for n in (5, 6):
         sample = rng.normal(size=(1, n))
-        medians = _resampled_medians(sample, _median_positions(n, np.random.default_rng(3)))[0]
+        medians = resampled_medians(sample, median_positions(n, np.random.default_rng(3)))[0]
         draws = np.random.default_rng(3).multinomial(n, np.full(n, 1 / n), size=len(medians))
         ordered = np.sort(sample[0])
         expected = [np.median(np.repeat(ordered, c)) for c in draws]
@@ -329,7 +330,8 @@ def test_sweep_latest_compares_the_newest_sweep_with_the_baseline(store, rows):
     code, _ = run("compare", "--by", "sweep", "--baseline", "old", "--sweep", "latest", "--fail-on", "slower",
                   "--store", store.location)
     assert code == 0
-    with pytest.raises(CompareError, match=r"--sweep nosuch: no such sweep in the store; .* new, old, slow"):
+    with pytest.raises(SweepError, match=r"^--sweep nosuch: no such sweep in the store; use latest, all, or one of: "
+                                         r"new, slow, old$"):
         compare(con, by="sweep", sweep="nosuch")
 
 
@@ -368,7 +370,7 @@ def test_no_ok_trial_and_a_bad_minimum_effect_say_so(store, rows):
     add(store, rows, "s1", "a", device_name="GPU-A", status="failed")
     add(store, rows, "s1", "b", device_name="GPU-B", status="failed")
     con = connect(store.location)
-    with pytest.raises(CompareError, match=r"no trial in this store ended ok \(GPU-A: 1 failed; GPU-B: 1 failed\)"):
+    with pytest.raises(CompareError, match=r"no trial in --sweep latest \(the default\) ended ok \(GPU-A: 1 failed; GPU-B: 1 failed\)"):
         compare(con, by="device_name")
     with pytest.raises(CompareError, match=r"--min-effect 5: give a fraction from 0 up to 1"):
         compare(con, by="device_name", min_effect=5)

@@ -295,7 +295,7 @@ def test_the_other_sections_print_the_queries_figures(gpu_store, gpu_report):
     con = connect(store)
     page = Page(gpu_report[0])
     label = {k: f"{w} bs={b} {p}" for k, w, b, p in
-             ((c.key, c.workload, c.batch_size, c.precision) for c in _configs(con))}
+             ((c.row_key, c.workload, c.batch_size, c.precision) for c in _configs(con))}
     checks = {  # section: (named query, its column, the report's column, the table's column digits)
         "ratio": ("backward_forward_ratio", "ratio", "ratio", 3),
         "launch": ("launch_bound", "host_device_ratio", "host/device", 3),
@@ -318,9 +318,9 @@ def test_the_other_sections_print_the_queries_figures(gpu_store, gpu_report):
 
 
 def _configs(con):
-    from stepscope.analysis.report import _Data
+    from stepscope.analysis.report import ReportData
 
-    return _Data.load(con, "all").configs
+    return ReportData.load(con, "all", None).configs
 
 
 def test_compare_table_is_compares(gpu_store, gpu_report):
@@ -361,14 +361,14 @@ def test_the_same_store_gives_the_same_bytes(gpu_store, gpu_report):
 
 
 def test_labels_are_unique_per_gpu_model():
-    from stepscope.analysis.report import Config
+    from stepscope.analysis.keys import ConfigKey
 
-    a = Config("s1", "mlp", 16, "fp32", "adamw", "c1", "H100", "dev")
-    b = Config("s1", "mlp", 16, "fp32", "adamw", "c2", "H100", "dev")  # another depth, say
-    c = Config("s1", "mlp", 16, "fp32", "sgd", "c3", "A100", "dev")
-    assert config_labels([a, b]) == {a.key: "mlp bs=16 fp32 c1", b.key: "mlp bs=16 fp32 c2"}
-    assert config_labels([a, c]) == {a.key: "mlp bs=16 fp32 adamw", c.key: "mlp bs=16 fp32 sgd"}
-    assert config_labels([a], omit=("precision",)) == {a.key: "mlp bs=16"}
+    a = ConfigKey("s1", "mlp", 16, "fp32", "adamw", "c1", "H100", "dev")
+    b = ConfigKey("s1", "mlp", 16, "fp32", "adamw", "c2", "H100", "dev")  # another depth, say
+    c = ConfigKey("s1", "mlp", 16, "fp32", "sgd", "c3", "A100", "dev")
+    assert config_labels([a, b]) == {a.row_key: "mlp bs=16 fp32 c1", b.row_key: "mlp bs=16 fp32 c2"}
+    assert config_labels([a, c]) == {a.row_key: "mlp bs=16 fp32 adamw", c.row_key: "mlp bs=16 fp32 sgd"}
+    assert config_labels([a], omit=("precision",)) == {a.row_key: "mlp bs=16"}
 
 
 # ---------------------------------------------------------------- the CLI, on real CPU trials
