@@ -7,7 +7,7 @@ line of its own::
 
     -- Where a training step's time goes, phase by phase, per configuration.
     --
-    -- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+    -- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 
 `param: NAME = DEFAULT  (help)` declares a parameter with a default; leave out
 `= DEFAULT` for one the caller must give. Parameters are bound as DuckDB named

@@ -7,7 +7,7 @@
 -- A configuration is every parameter but the seed (config_id: depths, sequence
 -- lengths and a custom workload's own keys count too), on one GPU type and device.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials (ok trials), steps (their measured steps), forward_ms, backward_ms,

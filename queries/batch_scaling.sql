@@ -19,7 +19,7 @@
 -- GPU, the process's resident peak on a CPU; memory_x compares it with the
 -- smallest batch's. Ok trials only.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, workload, precision, gpu_model, device_name, series, batch_size, trials,
 --   samples_per_s_p50 (of the median step), samples_per_s (wall clock), step_ms_p50,

@@ -18,7 +18,7 @@
 -- have no device to wait). A configuration is every
 -- parameter but the seed (config_id).
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 -- param: threshold = 0.9  (host/device ratio of forward+loss+backward from which a configuration is launch bound)
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,

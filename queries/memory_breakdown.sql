@@ -15,7 +15,7 @@
 -- A configuration is every parameter but the seed (config_id); medians over its
 -- ok trials, peaks are maxima. MiB = 2^20 bytes.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials, param_mib, grad_mib, optimizer_state_mib, activation_mib, autocast_weight_mib, peak_allocated_mib,

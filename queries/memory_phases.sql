@@ -10,7 +10,7 @@
 -- of ok trials; a configuration is every parameter but the seed (config_id).
 -- MiB = 2^20 bytes.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   phase_index, phase, peak_allocated_mib, peak_reserved_mib, peak_rss_mib, alloc_retries, used_pct

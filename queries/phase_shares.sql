@@ -26,7 +26,7 @@
 -- a median of trial medians; the two agree when the steps are steady, and a
 -- gap between them is itself a sign of noise.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, optimizer, config_id, gpu_model, device_name,
 --   trials (ok trials), steps (whole measured steps, pooled), step_ms_p50, step_ms_p10,

@@ -16,7 +16,7 @@
 -- trial measured no whole step (it failed early). error is cut to 80
 -- characters on one line; the full text is in the trials view.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, trial_index, trial_id, repeat, status, error, workload,
 --   batch_size, precision, optimizer, config_id, gpu, gpu_model, device_kind, device_name, host,

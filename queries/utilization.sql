@@ -24,7 +24,7 @@
 -- above the peak's median, within its fastest batch; measured_peak_remeasured:
 -- the cached peak was too low and was measured again), flagged_trials counts them.
 --
--- param: sweep = latest  (a sweep_id, 'latest' for the newest sweep, or 'all')
+-- param: sweep = latest  (sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all')
 --
 -- columns: sweep_id, workload, batch_size, precision, config_id, gpu_model, gpu_variant,
 --   device_name, gflops_per_step, recompute_gflops_per_step, step_tflops,

@@ -42,7 +42,7 @@ def test_list_queries_describes_the_named_queries_and_skips_the_views():
         first_line = query.path.read_text().splitlines()[0]
         assert query.description and first_line == f"-- {query.description}"
         assert query.parameters == (
-            QueryParam("sweep", "latest", "a sweep_id, 'latest' for the newest sweep, or 'all'"),
+            QueryParam("sweep", "latest", "sweep ids or names, comma-separated; 'latest' for the newest sweep; 'all'"),
         )
 
 
