@@ -27,25 +27,20 @@ timeout_option = click.option(
     help="Stop the query after this many seconds (default: none; Ctrl-C stops it too).")
 
 SWEEP_METAVAR = "ID|NAME|latest|all|A,B"
-#: What every command's --sweep takes; the default follows it, said once per command.
+#: What every command's --sweep takes (`stepscope.analysis.sweeps` resolves it, once for all).
 SWEEP_HELP = ("Which sweep(s): a sweep id, a name (every sweep of that name), latest, all, or several "
               "ids and names, comma-separated")
-#: The default rule for reading commands (query, compare, report): the newest sweep.
+#: The default rule (`stepscope.analysis.sweeps.DEFAULT`): the newest sweep; where the axis
+#: compared is the sweep (`--by sweep`), every sweep. Compact tidies every sweep (`EVERY_SWEEP`).
 SWEEP_DEFAULT = "latest"
-#: What compact reads with --sweep left out, and (TODO, issue 17 item 3: until the library's
-#: one sweep resolver takes sweep=None for SWEEP_DEFAULT) compare and report too, as before.
+SWEEP_DEFAULT_BY = f"{SWEEP_DEFAULT}; with --by sweep, every sweep"
 EVERY_SWEEP = "all"
 
 
-def sweep_or_every(sweep: str | None) -> str:
-    """`sweep` as given, or every sweep when it was left out (the old default, kept until the
-    library takes None for its own; an empty --sweep stays empty, for the library to refuse)."""
-    return EVERY_SWEEP if sweep is None else sweep
-
-
 def sweep_option(fn=None, *, default: str = SWEEP_DEFAULT, note: str = ""):
-    """Add `--sweep` (given as `sweep`, None when left out: the library's default applies)
-    to a command. `default` says what leaving it out means, `note` what this command adds."""
+    """Add `--sweep` to a command: `sweep`, None when left out, for the library function to
+    take as its default (`stepscope.analysis.sweeps`). `default` says in the help what that
+    default is, `note` what this command adds."""
 
     def decorate(f):
         text = f"{SWEEP_HELP} (default: {default}).{' ' + note if note else ''}"

@@ -9,10 +9,9 @@ import click
 from stepscope.analysis.gate import FAIL_ON
 from stepscope.orchestrator.commands.common import EXIT_TRIALS_FAILED, require_results
 from stepscope.orchestrator.options import (
-    EVERY_SWEEP,
+    SWEEP_DEFAULT_BY,
     store_option,
     sweep_option,
-    sweep_or_every,
     timeout_option,
 )
 from stepscope.orchestrator.output import output_options, write_rows
@@ -26,7 +25,7 @@ from stepscope.workloads.storage.store import resolve_store
 @click.option("--baseline", default=None, metavar="VALUE",
               help="The value the others are divided by (default: the first: the oldest sweep, the smallest "
                    "number, else alphabetically first). For --by sweep, a sweep id or a sweep's name.")
-@sweep_option(default=EVERY_SWEEP,
+@sweep_option(default=SWEEP_DEFAULT_BY,
               note="A configuration's trials in several sweeps pool as repeats. With --by sweep the "
                    "--baseline sweep is always in (--sweep latest: the newest sweep against the baseline).")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME",
@@ -71,7 +70,7 @@ def compare(ctx: click.Context, by: str, baseline: str | None, sweep: str | None
     opened = open_store(resolve_store(store))
     require_results(opened.contents, store)
     with watch(opened.con, timeout):
-        result = run_compare(opened.con, by, baseline, sweep=sweep_or_every(sweep), min_effect=min_effect,
+        result = run_compare(opened.con, by, baseline, sweep=sweep, min_effect=min_effect,
                              metrics=metrics or None)
     print_result(result, show, fmt, max_rows)
     if result.gaps and show not in ("all", "gaps"):

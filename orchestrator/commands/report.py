@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from stepscope.orchestrator.commands.common import require_results
-from stepscope.orchestrator.options import EVERY_SWEEP, store_option, sweep_option, sweep_or_every
+from stepscope.orchestrator.options import SWEEP_DEFAULT_BY, store_option, sweep_option
 from stepscope.workloads.storage.store import resolve_store
 
 
@@ -13,7 +13,7 @@ from stepscope.workloads.storage.store import resolve_store
 @click.option("--out", "out_path", required=True, metavar="FILE.html",
               help="Where to write the report (replaced atomically if it exists).")
 @store_option
-@sweep_option(default=EVERY_SWEEP)
+@sweep_option(default=SWEEP_DEFAULT_BY)
 @click.option("--by", default=None, metavar="AXIS",
               help="The compare section's axis (default: gpu_model with 2+ models, else device_name, else precision).")
 @click.option("--baseline", default=None, metavar="VALUE", help="The compare section's baseline value.")
@@ -33,6 +33,6 @@ def report(out_path: str, store: str | None, sweep: str | None, by: str | None, 
     check_out_path(out_path)  # a bad --out is reported before the store is read
     opened = open_store(resolve_store(store))
     require_results(opened.contents, store)
-    info = write_report(opened.con, out_path, sweep=sweep_or_every(sweep), by=by, baseline=baseline,
+    info = write_report(opened.con, out_path, sweep=sweep, by=by, baseline=baseline,
                         store=opened.contents.location)
     click.echo(f"{info.path}: {info.size_bytes:,} bytes ({info.size_bytes / 1024:,.0f} KiB)")

@@ -16,7 +16,7 @@ from stepscope.orchestrator.commands.common import (
     require_results,
     store_args,
 )
-from stepscope.orchestrator.options import EVERY_SWEEP, store_option, sweep_option, sweep_or_every
+from stepscope.orchestrator.options import EVERY_SWEEP, store_option, sweep_option
 from stepscope.workloads.storage.store import Store, resolve_store
 
 
@@ -40,7 +40,7 @@ def compact(store: str | None, sweep: str | None, dry_run: bool) -> None:
     from stepscope.analysis.compact import compact_sweep, plan_compaction
 
     st = Store(resolve_store(store))
-    plan = plan_compaction(st, sweep_or_every(sweep))
+    plan = plan_compaction(st, sweep)
     require_results(plan.contents, store)
     for work in plan.sweeps:
         if dry_run:

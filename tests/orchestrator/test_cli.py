@@ -253,3 +253,11 @@ def test_every_sweep_option_is_the_one_option():
         assert option.help.startswith(SWEEP_HELP + " (default: "), name
         helps[name] = option.help
     assert "(default: all: every sweep that needs it)" in helps["compact"]
+    assert all("(default: latest; with --by sweep, every sweep)" in helps[n] for n in ("compare", "report"))
+
+
+def test_the_sweep_help_says_the_librarys_defaults():
+    from stepscope.analysis import sweeps
+    from stepscope.orchestrator.options import EVERY_SWEEP, SWEEP_DEFAULT
+
+    assert (SWEEP_DEFAULT, EVERY_SWEEP) == (sweeps.DEFAULT, sweeps.ALL)
