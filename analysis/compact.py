@@ -2,7 +2,7 @@
 with the per-trial `summaries` rows, so that a store of thousands of trials reads a few
 large files and comparisons read a few rows per trial instead of every step.
 
-The files and the rule that reads them are `stepscope.workloads.storage.layout`'s
+The files and the rule that reads them are `stepscope.storage.layout`'s
 (compacted file names, footers, which rows of which file are read). Compacting a sweep:
 
 1. lists its partitions and opens them (`warehouse.open_listed`) with the stored
@@ -41,15 +41,15 @@ import pyarrow.fs as pafs
 
 from stepscope.analysis.sweeps import ALL, KnownSweep, choose
 from stepscope.analysis.warehouse import READY, StoreContents, _contents, open_listed
-from stepscope.workloads.storage.layout import (
+from stepscope.storage.layout import (
     COMPACTED_TABLES,
     PARTITION_PREFIX,
     TableFiles,
     compacted_stem,
     read_plan,
 )
-from stepscope.workloads.storage.schema import SUMMARY_VERSION, TABLES
-from stepscope.workloads.storage.store import Store, StoreError
+from stepscope.storage.schema import SUMMARY_VERSION, TABLES
+from stepscope.storage.store import Store, StoreError
 
 #: Rows DuckDB hands over at a time while a compacted file is written (one row group's worth).
 BATCH_ROWS = 1_000_000

@@ -14,7 +14,7 @@ primitives draw them, and they are kept apart on purpose:
 
 Both resample from the same distribution (a sample's values taken with replacement), but not
 the same draws: moving either onto the other would change the intervals that compare and the
-report print. So both stay, side by side here (tests/analysis/test_compare.py holds the first
+report print. So both stay, side by side here (tests/analysis/compare/test_compare.py holds the first
 to scipy's within Monte Carlo error).
 
 Torch-free, Ray-free, DuckDB-free: numpy and scipy only.
@@ -92,7 +92,7 @@ def median_positions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     `scipy.stats.bootstrap`'s (which also shares its resample indices across stacked rows),
     50-160 times faster on this project's 2-core machine (2000 comparisons of 9 blocks a side:
     18.3 s with scipy, 0.36 s so), which a store of thousands of configurations needs
-    (tests/analysis/test_compare.py holds the two side by side)."""
+    (tests/analysis/compare/test_compare.py holds the two side by side)."""
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES)
     running = np.cumsum(counts, axis=-1)  # (resamples, n)
     lower = np.argmax(running >= (n + 1) // 2, axis=-1)  # the ceil(n/2)-th smallest

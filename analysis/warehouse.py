@@ -1,14 +1,14 @@
 """An in-memory DuckDB over a store's Parquet files, with the views of queries/views.sql
 (staging) and queries/intermediate.sql (built on them).
 
-For each table of `stepscope.workloads.storage.schema` we build `raw_<table>`: the store's files
+For each table of `stepscope.storage.schema` we build `raw_<table>`: the store's files
 UNION ALL BY NAME an empty relation of the current schema, so every column is
 there with its type even when no file has it yet (an older file, an empty
 store). The views then rename and cast from those.
 
 Which files are read, and which trials' rows of a compacted file are left out, is
 decided once, at `connect`, by the rule every reader shares
-(`stepscope.workloads.storage.layout.read_plan`): files written later need a new
+(`stepscope.storage.layout.read_plan`): files written later need a new
 connection. `raw_summaries` holds the stored summaries of the current SUMMARY_VERSION
 (those `stepscope compact` wrote), and `raw_steps_unsummarized` the steps of the
 trials without one: the loose steps files, never a compacted steps file whose
@@ -41,7 +41,7 @@ import pyarrow.fs as pafs
 
 from stepscope.analysis.queries import views_sql
 from stepscope.errors import one_line
-from stepscope.workloads.storage.layout import (
+from stepscope.storage.layout import (
     GLOB_CHARS,
     Source,
     StoreWarning,
@@ -49,8 +49,8 @@ from stepscope.workloads.storage.layout import (
     describe_skipped,
     read_plan,
 )
-from stepscope.workloads.storage.schema import SUMMARY_VERSION, TABLES
-from stepscope.workloads.storage.store import Store, StoreError
+from stepscope.storage.schema import SUMMARY_VERSION, TABLES
+from stepscope.storage.store import Store, StoreError
 
 
 class EmptyStoreError(StoreError):
@@ -127,7 +127,7 @@ def connect(store: str | Store) -> duckdb.DuckDBPyConnection:
     `store`. A store that does not exist yet gives empty views.
 
     The views read the files `Store.table_files` lists when `connect` is called (the
-    rule every reader shares, in `stepscope.workloads.storage.layout`): a file that
+    rule every reader shares, in `stepscope.storage.layout`): a file that
     does not fit the store is skipped with a `StoreWarning` naming it (at most a few
     lines, then a count). Raises StoreError for a store that is a file or a table
     folder that cannot be listed.

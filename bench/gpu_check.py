@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpucheck.sections import SECTIONS, Ctx
     from gpucheck.trials import Children, Trials
 
-    from stepscope.workloads.storage.store import Store
+    from stepscope.storage.store import Store
 
     args = parse(argv)
     clock = Clock()

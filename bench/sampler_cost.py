@@ -22,7 +22,7 @@ Two figures, each the median of --rounds rounds:
 With a GPU and a driver (pynvml's nvmlInit succeeds and the first GPU answers) the real
 pynvml is used: its calls are ctypes foreign calls, which release the GIL while the
 driver answers, so the main-thread cost is below sample_us. Without one, the faithful
-stand-in from tests/workloads/nvml_fakes.py: pure Python, which holds the GIL all
+stand-in from tests/workloads/measure/nvml_fakes.py: pure Python, which holds the GIL all
 through, so its main-thread cost is an upper bound of the Python part only. The
 `nvml` column says which.
 

@@ -64,7 +64,7 @@ def run_one(isolation: str, n: int, address: str, workdir: str) -> dict:
     from stepscope.orchestrator.grid import expand
     from stepscope.orchestrator.scheduler import Session, run_sweep
     from stepscope.orchestrator.spec import parse_spec
-    from stepscope.workloads.storage.store import Store
+    from stepscope.storage.store import Store
 
     spec = parse_spec(SPEC.format(isolation=isolation, seeds=", ".join(map(str, range(n)))))
     trials = expand(spec)

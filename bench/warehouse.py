@@ -44,7 +44,7 @@ memory_limit=2GB) passes settings to every connection the warehouse opens, to se
 whether they matter; the warehouse itself is not changed.
 
 The fake GPUs' names, memory sizes, power limits and SM counts are those of the real
-boards (SM counts from `stepscope.workloads.measure.peaks.board_sm_count`, peaks from
+boards (SM counts from `stepscope.workloads.measure.flop_peaks.board_sm_count`, peaks from
 `datasheet_peak`, which cite their sources; compute capabilities from
 https://developer.nvidia.com/cuda-gpus); their speeds, clocks and the other NVML figures
 are made-up stand-ins: nothing here measures a GPU.
@@ -85,9 +85,7 @@ from stepscope.analysis.queries import list_queries, run_query
 from stepscope.orchestrator.grid import expand
 from stepscope.orchestrator.output import render
 from stepscope.orchestrator.spec import parse_spec
-from stepscope.workloads.measure.identity import gpu_variant
-from stepscope.workloads.measure.peaks import board_sm_count, datasheet_peak
-from stepscope.workloads.storage.schema import (
+from stepscope.storage.schema import (
     PHASES,
     SCHEMA_VERSION,
     STEPS,
@@ -95,7 +93,9 @@ from stepscope.workloads.storage.schema import (
     check_rows,
     version,
 )
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.store import Store
+from stepscope.workloads.measure.flop_peaks import board_sm_count, datasheet_peak
+from stepscope.workloads.measure.identity import gpu_variant
 
 #: Bump when the way a store is built changes: a cached store of another version is rebuilt.
 BUILD_VERSION = 1

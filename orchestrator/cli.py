@@ -27,7 +27,7 @@ from stepscope.orchestrator.commands.common import (
     EXIT_TRIALS_FAILED,
     EXIT_USAGE,
 )
-from stepscope.workloads.storage.layout import StoreWarning
+from stepscope.storage.layout import StoreWarning
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TRIALS_FAILED", "EXIT_USAGE", "cli", "main"]
 

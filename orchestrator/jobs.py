@@ -23,8 +23,8 @@ from contextlib import contextmanager
 
 from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator.spec import SpecError, SweepSpec
+from stepscope.storage.store import Store, StoreError, is_uri
 from stepscope.workloads.registry import is_custom, locate_module
-from stepscope.workloads.storage.store import Store, StoreError, is_uri
 
 
 class JobError(StepscopeError, RuntimeError):

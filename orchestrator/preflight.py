@@ -15,7 +15,7 @@ from stepscope.errors import one_line
 from stepscope.orchestrator import cluster
 from stepscope.orchestrator.cluster import SchedulerError
 from stepscope.orchestrator.spec import Isolation, SweepSpec
-from stepscope.workloads.storage.store import PROBE_DIR, Store, StoreError, probe_write
+from stepscope.storage.store import PROBE_DIR, Store, StoreError, probe_write
 from stepscope.workloads.trial import Trial
 
 
@@ -72,7 +72,7 @@ def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver
 
 #: How long the driver waits for every node's answer to the store probe. A node answers in
 #: a second or two (a worker starts, one small write and delete); a store that cannot be
-#: reached fails within seconds (`stepscope.workloads.storage.store.S3_CONNECT_TIMEOUT_S`).
+#: reached fails within seconds (`stepscope.storage.store.S3_CONNECT_TIMEOUT_S`).
 PROBE_TIMEOUT_S = 60.0
 
 

@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 
 from stepscope.orchestrator.spec import SweepSpec
-from stepscope.workloads.storage.schema import RESULT_STATUSES
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import RESULT_STATUSES
+from stepscope.storage.store import Store
 
 
 def new_sweep_id(spec: SweepSpec) -> str:

@@ -51,10 +51,10 @@ from stepscope.orchestrator.preflight import (  # noqa: F401 (re-exported)
 )
 from stepscope.orchestrator.ray_session import Session, use_token_if_present  # noqa: F401 (re-exported)
 from stepscope.orchestrator.spec import Isolation, SweepSpec, search_paths  # noqa: F401 (re-exported)
+from stepscope.storage.schema import SCHEMA_VERSION, TrialStatus, version
+from stepscope.storage.store import Store
 from stepscope.workloads.measure.runner import failed_row, run_trial
 from stepscope.workloads.registry import BUILTINS
-from stepscope.workloads.storage.schema import SCHEMA_VERSION, TrialStatus, version
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 MAX_RETRIES = 2  # resubmissions after a worker, a trial's process or a node died

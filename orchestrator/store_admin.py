@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stepscope.errors import one_line
-from stepscope.workloads.storage.layout import Leftover, StoreReport
-from stepscope.workloads.storage.store import Store, StoreError
+from stepscope.storage.layout import Leftover, StoreReport
+from stepscope.storage.store import Store, StoreError
 
 
 def probe_local(st: Store) -> None:
@@ -22,7 +22,7 @@ def probe_local(st: Store) -> None:
     probe file written and deleted; a store yet to be made is not made here (a run that
     stops before its first trial leaves no folder): its nearest existing parent must be a
     folder this process may write in."""
-    from stepscope.workloads.storage.store import PROBE_DIR, probe_write
+    from stepscope.storage.store import PROBE_DIR, probe_write
 
     root = st.local_root
     if os.path.isdir(root):
@@ -52,7 +52,7 @@ def inspect(st: Store) -> StoreReport:
     when there is no store directory there, or a table cannot be listed."""
     import pyarrow.fs as pafs
 
-    from stepscope.workloads.storage.layout import TableUnreadable, inspect_store
+    from stepscope.storage.layout import TableUnreadable, inspect_store
 
     fs, root = st.filesystem()
     try:

@@ -50,7 +50,7 @@ group by sweep_id, trial_id, iteration, is_warmup;
 
 -- One row per measured (non-warmup) step that ran every phase, of every trial
 -- (an oom trial's whole steps too): step_ms is the sum of its six phases'
--- duration_ms (the six phases of stepscope.workloads.storage.schema.PHASES; a
+-- duration_ms (the six phases of stepscope.storage.schema.PHASES; a
 -- step with fewer was cut short by an error and is no step to time).
 --
 -- is_outlier is THE outlier rule, the only one: a step whose total is more
@@ -113,7 +113,7 @@ left join whole_steps as w
     on w.sweep_id = s.sweep_id and w.trial_id = s.trial_id and w.iteration = s.iteration
 where not s.is_warmup;
 
--- The six phases in step order (stepscope.workloads.storage.schema.PHASES, which
+-- The six phases in step order (stepscope.storage.schema.PHASES, which
 -- tests/analysis/test_warehouse.py holds this to), for queries that read
 -- per-phase summaries rather than step rows (which carry phase_index).
 create or replace view phase_order as
@@ -128,7 +128,7 @@ from (
 -- and metric, 'step' (a whole step's total), a phase, 'compute' (forward + loss +
 -- backward) or 'forward_loss' (forward + loss), over the trial's whole measured
 -- steps (those whole_steps keeps: every phase ran). Columns as
--- stepscope.workloads.storage.schema.SUMMARIES lists them:
+-- stepscope.storage.schema.SUMMARIES lists them:
 --   steps              whole measured steps
 --   p50, p10, p90      quantile_cont of duration_ms (ms): linear interpolation
 --                      between the closest ranks (R's type 7, numpy's default)

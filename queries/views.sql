@@ -5,7 +5,7 @@
 --
 -- Built over raw_sweeps, raw_trials, raw_steps and raw_devices, which
 -- stepscope.analysis.warehouse registers with every column of
--- stepscope.workloads.storage.schema (null where an older file lacks one).
+-- stepscope.storage.schema (null where an older file lacks one).
 -- Columns are listed explicitly, so a file's extra or reordered columns never
 -- change what a query sees. Not a named query: `stepscope query --list` skips
 -- this file.
@@ -209,7 +209,7 @@ from latest
 where seen = 1;
 
 -- The stored per-trial summaries (`stepscope compact` writes them; one row per trial
--- and metric, as stepscope.workloads.storage.schema.SUMMARIES says), of committed
+-- and metric, as stepscope.storage.schema.SUMMARIES says), of committed
 -- trials. The warehouse passes only rows of the current SUMMARY_VERSION, of trials
 -- whose compacted rows are the ones read.
 create or replace view summaries as

@@ -21,8 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != ROOT]
 
 
+#: Folders whose every test starts Ray, a cluster or a `stepscope` subprocess.
+SLOW_FOLDERS = ("e2e", "deploy")
+#: Fixtures that start a process (moto's S3 server, a local Ray cluster, the CLI in a subprocess).
+SLOW_FIXTURES = {"s3_server", "s3_bucket", "s3_store", "stepscope", "local_cluster", "fresh_cluster",
+                 "start_local_cluster", "free_port_block"}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where torch sees CUDA."""
+    """The fast subset is `-m "not slow"`: unit tests, no Ray, no subprocess. A test is `slow`
+    when its module or itself is marked so, when it sits under tests/e2e or tests/deploy, or when
+    it uses a fixture that starts a process. `gpu` tests run only where torch sees CUDA."""
+    tests = Path(__file__).parent
+    slow = pytest.mark.slow
+    for item in items:
+        folder = Path(item.path).relative_to(tests).parts[0]
+        if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(slow)
     try:
         import torch
 

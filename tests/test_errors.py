@@ -12,12 +12,12 @@ from stepscope.errors import one_line
 USER_ERRORS = [
     ("stepscope.orchestrator.spec", "SpecError"),
     ("stepscope.workloads.params", "ParamError"),
-    ("stepscope.workloads.storage.store", "StoreError"),
+    ("stepscope.storage.store", "StoreError"),
     ("stepscope.analysis.queries", "QueryError"),
     ("stepscope.orchestrator.scheduler", "SchedulerError"),
     ("stepscope.orchestrator.jobs", "JobError"),
     ("stepscope.workloads.measure.device", "DeviceError"),
-    ("stepscope.workloads.measure.peaks", "PeakError"),
+    ("stepscope.workloads.measure.flop_peaks", "PeakError"),
 ]
 
 

@@ -272,9 +272,9 @@ class GpuTimeline:
 def fake_gpu_trial(trial, sweep_id, store, search_paths=(), sync_each_step=False):
     """What `run_trial` writes for the sleepers workload on a GPU, from `GpuTimeline`;
     `sync_each_step`: as a runner that waited for the device after every step would."""
+    from stepscope.storage.schema import TrialStatus
     from stepscope.workloads.measure import rows as rowmod
     from stepscope.workloads.measure.records import DeviceFacts, Measured, NvmlIdentity
-    from stepscope.workloads.storage.schema import TrialStatus
 
     p = trial.params
     m = Measured(facts=DeviceFacts(
@@ -292,7 +292,7 @@ def fake_gpu_trial(trial, sweep_id, store, search_paths=(), sync_each_step=False
         m.gaps_ms.append([None if last_end is None else starts[0] - last_end]
                          + [starts[i] - ends[i - 1] for i in range(1, 6)])
         m.host_ns.append(tuple(int(h * 1e6) for h in host))
-        m.phase_peaks.append(((None,) * 6,) * 4)
+        m.phase_memory_peaks.append(((None,) * 6,) * 4)
         last_end = ends[-1]
         if sync_each_step:
             clock.host = max(clock.host, clock.device)
@@ -340,7 +340,7 @@ class FakeGpuChildren:
 def gpu_ctx(tmp_path, children) -> sections.Ctx:
     from gpucheck.trials import Trials
 
-    from stepscope.workloads.storage.store import Store
+    from stepscope.storage.store import Store
 
     clock = report.Clock()
     trials = Trials(children, Store(str(tmp_path / "store")), "gpu-check-fake", clock.log)

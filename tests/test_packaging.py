@@ -97,15 +97,16 @@ def test_wheel_has_one_import_name_and_every_part(wheel):
         got = {n for n in names if n.startswith(f"stepscope/{part}/")}
         assert want and got == want, f"stepscope/{part}: missing {sorted(want - got)}, extra {sorted(got - want)}"
     # What the layout promises, spelled out (the comparison above covers it, this names it).
-    for pkg in ("stepscope", "stepscope/orchestrator", "stepscope/workloads", "stepscope/workloads/builtin",
+    for pkg in ("stepscope", "stepscope/orchestrator", "stepscope/workloads", "stepscope/workloads/builtin", "stepscope/storage",
                 "stepscope/analysis"):
         assert f"{pkg}/__init__.py" in names
     builtins = [p.name for p in (ROOT / "workloads" / "builtin").iterdir() if (p / "__init__.py").is_file()]
     assert {"mlp", "resnet", "gpt"} <= set(builtins)
     for name in builtins:
         assert f"stepscope/workloads/builtin/{name}/__init__.py" in names
-    sql = {Path(n).name for n in names if n.startswith("stepscope/queries/") and n.endswith(".sql")}
-    assert sql == {p.name for p in (ROOT / "queries").glob("*.sql")} and "views.sql" in sql
+    sql = {n.removeprefix("stepscope/queries/") for n in names if n.startswith("stepscope/queries/") and n.endswith(".sql")}
+    repo_sql = {p.relative_to(ROOT / "queries").as_posix() for p in (ROOT / "queries").rglob("*.sql")}
+    assert sql == repo_sql and "views.sql" in sql and any(n.startswith("report/") for n in sql)
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry).decode()
     assert re.search(r"^stepscope = stepscope\.orchestrator\.cli:main$", scripts, re.M), scripts
@@ -171,7 +172,8 @@ def test_wheel_in_a_fresh_venv_adds_only_stepscope(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr
     package = Path(proc.stdout.strip()).parent
     assert package == site / "stepscope"
-    assert sorted(p.name for p in (package / "queries").glob("*.sql")) == sorted(p.name for p in (ROOT / "queries").glob("*.sql"))
+    assert (sorted(p.relative_to(package / "queries").as_posix() for p in (package / "queries").rglob("*.sql"))
+            == sorted(p.relative_to(ROOT / "queries").as_posix() for p in (ROOT / "queries").rglob("*.sql")))
     assert (package / "workloads" / "builtin" / "mlp" / "__init__.py").is_file()
 
 

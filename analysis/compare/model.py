@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stepscope.errors import StepscopeError
-from stepscope.workloads.storage.schema import PHASES
+from stepscope.storage.schema import PHASES
 
 #: Axes that name the device: comparing by one of them leaves every device column out of
 #: the configuration (the point is to put devices side by side).

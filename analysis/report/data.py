@@ -14,8 +14,8 @@ from stepscope.analysis.keys import ConfigKey
 from stepscope.analysis.queries import QueryError, read_sql, run_query
 from stepscope.analysis.stats import MIN_TRIALS, median_ci
 from stepscope.analysis.sweeps import sql_value
+from stepscope.storage.schema import PHASES
 from stepscope.workloads.params import PRECISIONS
-from stepscope.workloads.storage.schema import PHASES
 
 #: Axes `compare` runs along when --by is not given: the first with two or more values.
 DEFAULT_AXES = ("gpu_model", "device_name", "precision")

@@ -27,8 +27,8 @@ from stepscope.analysis.report.data import (
     config_labels,
 )
 from stepscope.analysis.report.html import _pct, _short
+from stepscope.storage.schema import PHASES
 from stepscope.workloads.params import PRECISIONS
-from stepscope.workloads.storage.schema import PHASES
 
 #: Okabe and Ito's colour-blind-safe palette (https://jfly.uni-koeln.de/color/).
 _OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999", "#000000")

@@ -36,7 +36,7 @@ from stepscope.analysis.report.plots import (
     _throughput_plot,
 )
 from stepscope.analysis.stats import BOOTSTRAP_RESAMPLES, MIN_TRIALS, SEED
-from stepscope.workloads.storage.schema import PHASES
+from stepscope.storage.schema import PHASES
 
 #: Backward/forward ratio of dense layers: backward computes two matmuls (the gradients of the
 #: input and of the weight) per forward matmul. Kaplan et al., "Scaling Laws for Neural Language

@@ -138,16 +138,16 @@ def bookkeeping(device: str, steps: int) -> dict[str, float]:
     """Host microseconds per phase boundary of the runner's own timer and memory peaks.
 
     Uses the runner's parts (`stepscope.workloads.measure.timing.make_timer` with
-    `memory.PhasePeaks.mark` as its `between`), N+1 boundaries a step for N phases,
+    `memory.PhaseMemoryPeaks.mark` as its `between`), N+1 boundaries a step for N phases,
     `steps` steps after 20 warm ones, nothing else in between. Timed around the marks
     only; the timer's end of step (where it reads the events that have completed) is
-    outside. Also each part alone: the timer without `between`, and `PhasePeaks.mark`.
+    outside. Also each part alone: the timer without `between`, and `PhaseMemoryPeaks.mark`.
     """
     import torch
 
+    from stepscope.storage.schema import PHASES
     from stepscope.workloads.measure import memory
     from stepscope.workloads.measure.timing import make_timer
-    from stepscope.workloads.storage.schema import PHASES
 
     dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
@@ -168,7 +168,7 @@ def bookkeeping(device: str, steps: int) -> dict[str, float]:
         finish()
         return total / (steps * (n + 1)) / 1e3
 
-    peaks = memory.PhasePeaks(torch, dev, n)
+    peaks = memory.PhaseMemoryPeaks(torch, dev, n)
     try:
         timer = make_timer(dev.type, n, torch, between=peaks.mark)
         both = per_boundary(timer.mark, *_step_ends(timer))

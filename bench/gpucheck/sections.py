@@ -22,7 +22,7 @@ from typing import Any
 from gpucheck import loops, probes
 from gpucheck.report import FAIL, INFO, SKIP, Clock, Row, fmt, render, verdict, within
 from gpucheck.trials import Children, Ran, Trials, phase_medians, read_table
-from stepscope.workloads.storage.schema import PHASES
+from stepscope.storage.schema import PHASES
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20

@@ -22,10 +22,10 @@ from time import perf_counter
 from typing import Any
 
 from stepscope.orchestrator.forkserver import ForkServer
+from stepscope.storage.schema import PHASES, SCHEMA_VERSION, version
+from stepscope.storage.store import Store
 from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.registry import BUILTINS, resolve_params
-from stepscope.workloads.storage.schema import PHASES, SCHEMA_VERSION, version
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 BENCH = Path(__file__).resolve().parents[1]  # bench/: where `gpucheck.sleepers` imports from

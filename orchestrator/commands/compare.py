@@ -15,7 +15,7 @@ from stepscope.orchestrator.options import (
     timeout_option,
 )
 from stepscope.orchestrator.output import output_options, write_rows
-from stepscope.workloads.storage.store import resolve_store
+from stepscope.storage.store import resolve_store
 
 
 @click.command()

@@ -10,7 +10,7 @@ import click
 from stepscope.errors import one_line
 from stepscope.orchestrator.commands.common import EXIT_OK, EXIT_TRIALS_FAILED, command
 from stepscope.orchestrator.spec import check_custom_workloads, load_spec, search_paths
-from stepscope.workloads.storage.store import StoreError
+from stepscope.storage.store import StoreError
 
 
 @click.command()

@@ -7,7 +7,7 @@ import click
 from stepscope.orchestrator.commands.common import require_results
 from stepscope.orchestrator.options import store_option, sweep_option, timeout_option
 from stepscope.orchestrator.output import output_options, write_rows
-from stepscope.workloads.storage.store import resolve_store
+from stepscope.storage.store import resolve_store
 
 
 @click.command()

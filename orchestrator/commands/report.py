@@ -6,7 +6,7 @@ import click
 
 from stepscope.orchestrator.commands.common import require_results
 from stepscope.orchestrator.options import SWEEP_DEFAULT_BY, store_option, sweep_option
-from stepscope.workloads.storage.store import resolve_store
+from stepscope.storage.store import resolve_store
 
 
 @click.command()

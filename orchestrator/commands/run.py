@@ -27,8 +27,8 @@ from stepscope.orchestrator.spec import (
     load_spec,
     search_paths,
 )
-from stepscope.workloads.storage.schema import TrialStatus
-from stepscope.workloads.storage.store import Store, StoreError, resolve_store
+from stepscope.storage.schema import TrialStatus
+from stepscope.storage.store import Store, StoreError, resolve_store
 
 
 @click.command()

@@ -17,7 +17,7 @@ from stepscope.orchestrator.commands.common import (
     store_args,
 )
 from stepscope.orchestrator.options import EVERY_SWEEP, store_option, sweep_option
-from stepscope.workloads.storage.store import Store, resolve_store
+from stepscope.storage.store import Store, resolve_store
 
 
 @click.command()

@@ -1,6 +1,6 @@
 """Row builders for the tables and a tmp store to write them into.
 
-Rows carry exactly the columns of `stepscope.workloads.storage.schema` (the writer refuses any
+Rows carry exactly the columns of `stepscope.storage.schema` (the writer refuses any
 other), with plausible values; a test overrides only what it is about. Tests
 reach the builders through the `rows` and `write` fixtures rather than by
 importing this module, which pytest may load under another name.
@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from stepscope.workloads.storage.schema import DEVICES, PHASES, TRIALS
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import DEVICES, PHASES, TRIALS
+from stepscope.storage.store import Store
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 

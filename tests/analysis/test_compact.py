@@ -1,5 +1,5 @@
 """`stepscope compact` (stepscope.analysis.compact) and the layout rule that reads compacted files
-(stepscope.workloads.storage.layout.read_plan): real Parquet files, real DuckDB, real pyarrow.
+(stepscope.storage.layout.read_plan): real Parquet files, real DuckDB, real pyarrow.
 
 What a store reads is taken before a compaction (every view, every named query) and held
 against what it reads after it, after a compaction stopped at each of its steps, and after
@@ -24,14 +24,14 @@ import pytest
 from stepscope.analysis.compact import compact_sweep, plan_compaction
 from stepscope.analysis.queries import list_queries, run_query
 from stepscope.analysis.warehouse import connect, open_listed
-from stepscope.workloads.storage.layout import (
+from stepscope.storage.layout import (
     COMPACTED_KEY,
     SUMMARY_VERSION_KEY,
     StoreWarning,
     inspect_store,
 )
-from stepscope.workloads.storage.schema import PHASES, SUMMARY_VERSION, TABLES
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import PHASES, SUMMARY_VERSION, TABLES
+from stepscope.storage.store import Store
 
 VIEWS = ("sweeps", "trials", "steps", "devices", "trial_summaries", "trial_step_stats")
 

@@ -253,7 +253,7 @@ def test_an_s3_prefix_with_no_sweep_is_an_empty_store(cli_runner, s3_server, s3_
 
 
 def test_an_s3_store_with_a_sweep_answers_an_empty_filter_with_exit_0(cli_runner, s3_store, rows):
-    from stepscope.workloads.storage.store import Store
+    from stepscope.storage.store import Store
 
     Store(s3_store).write_sweep(rows.sweep("s1"))
     result = cli_runner("sql", "select trial_id from trials where status = 'oom'", "--store", s3_store,

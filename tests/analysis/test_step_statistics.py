@@ -19,7 +19,7 @@ import pytest
 
 from stepscope.analysis.queries import run_query
 from stepscope.analysis.warehouse import connect
-from stepscope.workloads.storage.schema import PHASES
+from stepscope.storage.schema import PHASES
 
 # Ten measured steps' forward ms (other phases take 1 ms each). The one planted 100x is
 # the slowest (10.6, iteration 6 after 2 warmup steps): it is above the median already,

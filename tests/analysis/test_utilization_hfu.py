@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from stepscope.analysis.queries import run_query
 from stepscope.analysis.warehouse import connect
-from stepscope.workloads.storage.schema import TRIALS
+from stepscope.storage.schema import TRIALS
 
 NEW = ("flops_recompute", "achieved_hardware_tflops", "hfu_datasheet", "hfu_measured")
 DURATIONS = {"forward": [4.0], "loss": [1.0], "backward": [8.0]}

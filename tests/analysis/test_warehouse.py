@@ -15,8 +15,8 @@ import pytest
 import stepscope.analysis.warehouse
 from stepscope.analysis.queries import list_queries, views_sql
 from stepscope.analysis.warehouse import connect
-from stepscope.workloads.storage.schema import TABLES
-from stepscope.workloads.storage.store import Store, StoreError
+from stepscope.storage.schema import TABLES
+from stepscope.storage.store import Store, StoreError
 
 VIEWS = ("sweeps", "trials", "steps", "devices")
 
@@ -50,7 +50,7 @@ def test_a_store_that_is_a_file_is_a_store_error(tmp_path):
 
 
 def test_views_read_only_columns_of_the_schema():
-    # Raw relations of exactly stepscope.workloads.storage.schema: a view (or a named query) that reads
+    # Raw relations of exactly stepscope.storage.schema: a view (or a named query) that reads
     # a column the writer does not write fails to bind here.
     con = duckdb.connect()
     for table, schema in TABLES.items():
@@ -205,7 +205,7 @@ def test_devices_keeps_the_latest_committed_observation_of_each_device(store, ro
 
 
 def test_phase_order_is_the_schemas(store):
-    from stepscope.workloads.storage.schema import PHASES
+    from stepscope.storage.schema import PHASES
 
     con = connect(store.location)
     assert con.execute("select phase from phase_order order by phase_index").fetchall() == [(p,) for p in PHASES]

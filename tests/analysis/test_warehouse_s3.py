@@ -11,8 +11,8 @@ import pytest
 
 from stepscope.analysis.queries import run_query
 from stepscope.analysis.warehouse import connect
-from stepscope.workloads.storage.schema import TABLES
-from stepscope.workloads.storage.store import Store, StoreError
+from stepscope.storage.schema import TABLES
+from stepscope.storage.store import Store, StoreError
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_a_bad_uri_is_a_store_error():
 
 
 def test_objects_that_do_not_fit_are_skipped_with_a_warning_as_on_a_local_store(store, write):
-    # The same rule as a local store (stepscope.workloads.storage.layout): a copy under another
+    # The same rule as a local store (stepscope.storage.layout): a copy under another
     # name, a zero-byte object and a hidden one are not read; the first two are named.
     write.sweep("s1")
     write.trial("s1", "t1", {"forward": [2.0, 3.0]}, warmup=0)

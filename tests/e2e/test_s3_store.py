@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from stepscope.workloads.storage.schema import TABLES
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import TABLES
+from stepscope.storage.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from stepscope.orchestrator.cli import cli
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.store import Store
 
 pytestmark = pytest.mark.slow
 

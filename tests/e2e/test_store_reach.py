@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from stepscope.workloads.storage.store import Store, probe_write
+from stepscope.storage.store import Store, probe_write
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from stepscope.storage.store import Store
 from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 
@@ -146,7 +146,7 @@ def plant_peaks(cache, entries):
     """Write cache entries: (precision, median, min, max, days ago) for a made-up CPU node."""
     import datetime as dt
 
-    from stepscope.workloads.measure import peaks
+    from stepscope.workloads.measure import flop_peaks as peaks
 
     now = dt.datetime.now(dt.timezone.utc)
     data = {}

@@ -7,7 +7,7 @@ import pytest
 from stepscope.orchestrator import cluster
 from stepscope.orchestrator.scheduler import SchedulerError, check_store_visible, resolve_gpu_types
 from stepscope.orchestrator.spec import parse_spec
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.store import Store
 
 
 def ray_node(node_id, ip="10.0.0.1", cpus=8, gpus=0, **custom):

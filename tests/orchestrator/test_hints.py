@@ -9,8 +9,8 @@ from stepscope.orchestrator.commands.run import summary
 from stepscope.orchestrator.grid import expand
 from stepscope.orchestrator.scheduler import SweepOutcome, TrialOutcome
 from stepscope.orchestrator.spec import load_spec
-from stepscope.workloads.storage.schema import TrialStatus
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import TrialStatus
+from stepscope.storage.store import Store
 
 SPEC = "name: h\nfixed: {iterations: 1, warmup: 0}\ngrid: {workload: [mlp], batch_size: [1, 2]}\n"
 ODD = "my results & more; $(x)"

@@ -19,8 +19,8 @@ from stepscope.orchestrator.cli import cli
 from stepscope.orchestrator.progress import PrintProgress
 from stepscope.orchestrator.scheduler import Snapshot, SweepOutcome, TrialOutcome, _Running
 from stepscope.orchestrator.spec import load_spec
+from stepscope.storage.schema import TrialStatus
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.schema import TrialStatus
 from stepscope.workloads.trial import Trial
 
 

@@ -7,9 +7,9 @@ from stepscope.orchestrator.grid import expand
 from stepscope.orchestrator.resume import pick_sweep
 from stepscope.orchestrator.scheduler import SweepOutcome, TrialOutcome, sweep_row
 from stepscope.orchestrator.spec import load_spec
+from stepscope.storage.schema import TrialStatus
+from stepscope.storage.store import Store
 from stepscope.workloads.measure.runner import failed_row
-from stepscope.workloads.storage.schema import TrialStatus
-from stepscope.workloads.storage.store import Store
 
 SPEC = "name: r\nfixed: {iterations: 1, warmup: 0}\ngrid: {workload: [mlp], batch_size: [1, 2, 3, 4, 5]}\n"
 STATUSES = ("ok", "oom", "failed", "timeout", "nonfinite")
@@ -46,7 +46,7 @@ def test_resume_reads_a_trials_latest_attempt_as_the_views_do(write_spec, tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stepscope.workloads.storage.schema import TRIALS
+    from stepscope.storage.schema import TRIALS
 
     spec = load_spec(write_spec(SPEC))
     trials = expand(spec, None)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from stepscope.orchestrator.store_admin import Cleaned, clean, inspect, probe_local
-from stepscope.workloads.storage.store import PROBE_DIR, Store, StoreError
+from stepscope.storage.store import PROBE_DIR, Store, StoreError
 
 SWEEP = "admin-1"
 HOUR = 3600.0

@@ -1,6 +1,6 @@
 """What the runner's loop measures beside the phase timer, step by step, behind one protocol.
 
-A step has the phases of `stepscope.workloads.storage.schema.PHASES` and so one more
+A step has the phases of `stepscope.storage.schema.PHASES` and so one more
 boundary than phases. Boundaries are named after the phase that starts there (`DATA` ...
 `OPTIMIZER`); `END` is the one after the last phase. The loop calls every measurer at
 the same points of every step (`StepMeasurer`), and `Measurers` hands each point only to
@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from stepscope.storage.schema import PHASES
 from stepscope.workloads.measure import memory
 from stepscope.workloads.measure.losses import LossTrace
 from stepscope.workloads.measure.records import Measured
 from stepscope.workloads.measure.sampler import NvmlSampler
-from stepscope.workloads.storage.schema import PHASES
 
 #: A step's boundaries: where each phase starts (and the one before it ends), then END.
 BOUNDARIES = {phase: PHASES.index(phase) for phase in PHASES}

@@ -242,7 +242,6 @@ class PhaseMemoryPeaks:
         self.rss.close()
 
 
-PhasePeaks = PhaseMemoryPeaks  # the old name, still used by bench/gpucheck/probes.py
 
 
 def nvml_used_bytes(uuid: str | None, pid: int | None = None, nvml: Any | None = None) -> tuple[int | None, str | None]:

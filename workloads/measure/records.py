@@ -1,8 +1,8 @@
 """Typed records: what the measurement code hands the runner, one field per column.
 
-Each record's fields are named after the columns they fill (`stepscope.workloads.storage.schema`);
+Each record's fields are named after the columns they fill (`stepscope.storage.schema`);
 `stepscope.workloads.measure.rows` is the one place that turns them into rows, and
-tests/workloads/test_columns.py holds the field names and types to the schema's columns.
+tests/storage/test_columns.py holds the field names and types to the schema's columns.
 
 Units are in the names: `_bytes` bytes, `_ms` milliseconds, `_s` seconds, `_mhz`,
 `_w` watts, `tflops` 10^12 FLOP/s; None where a value could not be measured.
@@ -166,7 +166,3 @@ class Measured:
     mem: MemoryUse = field(default_factory=MemoryUse)
     samples: DeviceSamples = field(default_factory=DeviceSamples)
 
-    @property
-    def phase_peaks(self) -> list[tuple]:
-        """The old name of `phase_memory_peaks`, still used by tests/test_gpu_check.py."""
-        return self.phase_memory_peaks

@@ -1,7 +1,7 @@
 """The one place where a trial's records become rows of `trials`, `steps` and `devices`.
 
-Columns and types are `stepscope.workloads.storage.schema`'s; the store refuses a row
-whose keys differ from them (`schema.check_rows`), and tests/workloads/test_columns.py
+Columns and types are `stepscope.storage.schema`'s; the store refuses a row
+whose keys differ from them (`schema.check_rows`), and tests/storage/test_columns.py
 holds the records' fields, these rows and the views' casts to those columns, naming any
 column that differs. A record's fields go in by name (`dataclasses.asdict`): a new column
 that a record fills is its schema field and the record's field, nothing here.
@@ -14,6 +14,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from stepscope.storage.schema import PHASES, SCHEMA_VERSION, TrialStatus, version
 from stepscope.workloads.measure.records import (
     DEVICE_ONLY_FIELDS,
     DeviceFacts,
@@ -21,7 +22,6 @@ from stepscope.workloads.measure.records import (
     NvmlIdentity,
 )
 from stepscope.workloads.measure.timing import phase_ms
-from stepscope.workloads.storage.schema import PHASES, SCHEMA_VERSION, TrialStatus, version
 from stepscope.workloads.trial import Trial
 
 #: The DeviceFacts fields that are `trials` columns, in DeviceFacts' order.

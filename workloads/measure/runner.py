@@ -2,7 +2,7 @@
 write the rows. Ray-free: `stepscope trial` calls it directly, Ray workers call it
 through the scheduler.
 
-A step is exactly the phases of `stepscope.workloads.storage.schema.PHASES`:
+A step is exactly the phases of `stepscope.storage.schema.PHASES`:
 data -> to_device -> forward -> loss -> backward -> optimizer (zero_grad included).
 Whatever goes wrong becomes the trial's status (`oom` or `failed`) and error
 text; a loss that became NaN or ±Inf in a loop that ran to the end makes it
@@ -20,6 +20,8 @@ from time import perf_counter_ns
 from typing import Any
 
 from stepscope.errors import one_line
+from stepscope.storage.schema import PHASES, TrialStatus
+from stepscope.storage.store import Store
 from stepscope.workloads.api import Workload
 from stepscope.workloads.measure import device as devices
 from stepscope.workloads.measure import memory, rows, utilization
@@ -43,8 +45,6 @@ from stepscope.workloads.measure.records import Measured
 from stepscope.workloads.measure.timing import make_timer
 from stepscope.workloads.params import COMMON_BY_NAME
 from stepscope.workloads.registry import is_custom, load_builder
-from stepscope.workloads.storage.schema import PHASES, TrialStatus
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 N_PHASES = len(PHASES)

@@ -1,5 +1,16 @@
-"""The store: the Parquet schema (`schema`) and atomic writes to a path or a URI (`store`).
+"""Moved to `stepscope.storage` (issue 17): the store and the Parquet schema are not workloads.
 
-Imports neither torch nor Ray nor DuckDB; every layer may use it: the runner writes
-with it, the warehouse (`stepscope.analysis`) reads the schema from it.
+This alias keeps `stepscope.workloads.storage` and its modules (`schema`, `store`, `layout`)
+importing, as the very same module objects, with a DeprecationWarning; it goes in a later
+release. Import `stepscope.storage` instead.
 """
+
+import sys
+import warnings
+
+from stepscope.storage import layout, schema, store
+
+warnings.warn("stepscope.workloads.storage moved to stepscope.storage; import it from there",
+              DeprecationWarning, stacklevel=2)
+for _module in (layout, schema, store):
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module

@@ -22,10 +22,10 @@ import pytest
 from stepscope.analysis.queries import run_query
 from stepscope.analysis.report import config_labels, median_ci, render_report, write_report
 from stepscope.analysis.warehouse import connect
-from stepscope.workloads.storage.schema import PHASES
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import PHASES
+from stepscope.storage.store import Store
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PLOT_SECTIONS = ("phases", "throughput", "mfu", "memory", "ratio", "launch", "compare")
 GIB = 2**30
 

@@ -6,7 +6,7 @@ target, which POSIX makes atomic. On an object store a single PUT is already
 atomic: the object is visible whole once the upload completes, never before.
 
 Within a trial the `steps` and `devices` files are written before the `trials` file; the
-`trials` row is the commit record (see `stepscope.workloads.storage.schema`).
+`trials` row is the commit record (see `stepscope.storage.schema`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stepscope.errors import StepscopeError, one_line
-from stepscope.workloads.storage.layout import (
+from stepscope.storage.layout import (
     COMPACTED,
     COMPACTED_KEY,
     COMPACTED_TABLES,
@@ -35,7 +35,7 @@ from stepscope.workloads.storage.layout import (
     list_table,
     read_plan,
 )
-from stepscope.workloads.storage.schema import TABLES, check_rows
+from stepscope.storage.schema import TABLES, check_rows
 
 DEFAULT_STORE = "./stepscope-results"
 #: Rows per row group of a compacted file: large enough that a reader's per-group cost is
@@ -134,7 +134,7 @@ class Store:
     def write_compacted(self, table: str, sweep_id: str, stem: str, batches: Iterable[pa.RecordBatch],
                         summary_version: int | None = None) -> tuple[str, int, frozenset[str]]:
         """Write `batches` (rows of `table`, of sweep `sweep_id`, in the order to store) as the
-        compacted file `stem`.parquet (`stepscope.workloads.storage.layout`): cast to the
+        compacted file `stem`.parquet (`stepscope.storage.layout`): cast to the
         table's schema, in row groups of COMPACTED_ROW_GROUP_ROWS, its trial ids in the
         footer (and `summary_version`, which summaries rows must all carry). Atomic as
         `write` is: a hidden temporary file renamed over the name locally, one upload on an
@@ -215,7 +215,7 @@ class Store:
 
     def table_files(self, table: str, sweep_ids: Collection[str] | None = None) -> TableFiles:
         """The files of `table` that fit the store, and those skipped with a reason
-        (`stepscope.workloads.storage.layout`); with `sweep_ids`, of those sweeps only.
+        (`stepscope.storage.layout`); with `sweep_ids`, of those sweeps only.
         Which rows of them are read is `layout.read_plan`'s to say. StoreError when the
         table's folder exists but cannot be listed."""
         fs, root = self.filesystem()

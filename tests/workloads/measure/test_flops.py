@@ -23,7 +23,7 @@ from stepscope.workloads.builtin.resnet import model as resnet
 from stepscope.workloads.measure.flops import FlopCount, FlopCountError, count_step_flops
 from stepscope.workloads.registry import BUILTINS, load_builder, resolve_params
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import checkpointed  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from stepscope.workloads.storage.store import Store, StoreError
+from stepscope.storage.store import Store, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def test_missing_bucket_is_a_store_error(s3_server, s3_bucket):
 ROWS = 20_000
 WRITER = f"""
 import os, sys
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.store import Store
 rows = [{{"sweep_id": "s", "trial_id": "t", "iteration": i, "is_warmup": False,
           "phase": os.urandom(1000).hex(), "phase_index": 0, "duration_ms": float(i),
           "host_ms": float(i), "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "alloc_retries": None}} for i in range({ROWS})]
@@ -123,7 +123,7 @@ def test_writer_killed_mid_upload_leaves_only_whole_objects(s3_server, s3_bucket
 
 
 def test_s3_requests_are_bounded_and_the_uri_options_kept(s3_server, s3_bucket):
-    from stepscope.workloads.storage import store as store_module
+    from stepscope.storage import store as store_module
 
     uri = s3_server.uri(s3_bucket, "p", allow_bucket_creation="true")
     fs, root = Store(uri).filesystem()
@@ -135,7 +135,7 @@ def test_s3_requests_are_bounded_and_the_uri_options_kept(s3_server, s3_bucket):
 
 
 def test_probe_write_writes_and_deletes_a_hidden_object(s3_server, s3_bucket):
-    from stepscope.workloads.storage.store import probe_write
+    from stepscope.storage.store import probe_write
 
     path = probe_write(Store(s3_server.uri(s3_bucket)), "node-1")
     assert path == f"{s3_bucket}/results/_probe/node-1"

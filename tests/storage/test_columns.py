@@ -1,4 +1,4 @@
-"""One column list: `stepscope.workloads.storage.schema` is it, and everything else that names
+"""One column list: `stepscope.storage.schema` is it, and everything else that names
 columns follows it or fails here, naming the column.
 
 Four places name columns: the schema (Arrow), the typed records (`measure/records.py`: one
@@ -21,6 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from stepscope.storage import schema
+from stepscope.storage.schema import PHASES, TrialStatus
+from stepscope.storage.store import Store
 from stepscope.workloads.measure import records, rows
 from stepscope.workloads.measure.records import (
     DEVICE_ONLY_FIELDS,
@@ -32,9 +35,6 @@ from stepscope.workloads.measure.records import (
     Work,
 )
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage import schema
-from stepscope.workloads.storage.schema import PHASES, TrialStatus
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 VIEWS_SQL = Path(__file__).resolve().parents[2] / "queries" / "views.sql"

@@ -7,6 +7,7 @@ import contextlib
 
 import pytest
 
+from stepscope.storage.schema import PHASES
 from stepscope.workloads.measure import measurers, runner
 from stepscope.workloads.measure.measurers import (
     BACKWARD,
@@ -21,7 +22,6 @@ from stepscope.workloads.measure.measurers import (
     StepMeasurer,
 )
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.schema import PHASES
 from stepscope.workloads.trial import Trial
 
 

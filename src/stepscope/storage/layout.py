@@ -74,7 +74,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stepscope.errors import StepscopeError, one_line
-from stepscope.workloads.storage.schema import SUMMARY_VERSION, TABLES
+from stepscope.storage.schema import SUMMARY_VERSION, TABLES
 
 PARTITION_PREFIX = "sweep_id="
 #: The one file of a `sweeps` partition.

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from stepscope.storage.schema import DEVICES, PHASES, STEPS, TRIALS
+from stepscope.storage.store import Store
 from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.schema import DEVICES, PHASES, STEPS, TRIALS
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import probe  # noqa: E402
 

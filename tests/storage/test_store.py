@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from stepscope.workloads.storage.store import Store, StoreError, resolve_store
+from stepscope.storage.store import Store, StoreError, resolve_store
 
 
 def step_rows(n: int, trial_id: str = "t") -> list[dict]:
@@ -51,7 +51,7 @@ def test_store_location_resolution(monkeypatch):
 
 WRITER = """
 import sys
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.store import Store
 rows = [{"sweep_id": "s", "trial_id": "t", "iteration": i, "is_warmup": False, "phase": "data",
          "phase_index": 0, "duration_ms": float(i), "host_ms": float(i),
          "gpu_gap_ms": None, "peak_rss_bytes": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "alloc_retries": None} for i in range(400_000)]

@@ -1,8 +1,8 @@
 """The Parquet schema of a stepscope store: one module owns it.
 
 Table names, columns, types and the schema version live here and nowhere else.
-The writer (`stepscope.workloads.storage.store`) and the DuckDB views (`stepscope.analysis.warehouse` +
-`queries/views.sql`) both read it; tests/workloads/test_columns.py fails, naming the column,
+The writer (`stepscope.storage.store`) and the DuckDB views (`stepscope.analysis.warehouse` +
+`queries/views.sql`) both read it; tests/storage/test_columns.py fails, naming the column,
 where the typed records, the rows or the views' casts differ from it. Torch-free and Ray-free.
 
 Layout of a store (hive-style partitions by table and sweep)::

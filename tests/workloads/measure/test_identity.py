@@ -1,6 +1,6 @@
 """GPU variant from NVML facts, and the NVML identity query.
 
-The NVML stand-in is tests/workloads/nvml_fakes.py's FakeNVML, which follows pynvml's
+The NVML stand-in is tests/workloads/measure/nvml_fakes.py's FakeNVML, which follows pynvml's
 real API (nvidia-ml-py 12/13): errors built from NVML's return code, ECC and MIG modes
 as [current, pending], power in milliwatts, MIG slices whose board-level queries go to
 the parent handle, and constants that differ from pynvml's values so that only constants

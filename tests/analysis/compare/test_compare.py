@@ -19,8 +19,8 @@ from stepscope.analysis.compare import MIN_TRIALS, CompareError, compare
 from stepscope.analysis.sweeps import SweepError
 from stepscope.analysis.warehouse import connect
 from stepscope.orchestrator.cli import cli
-from stepscope.workloads.storage.schema import PHASES
-from stepscope.workloads.storage.store import Store
+from stepscope.storage.schema import PHASES
+from stepscope.storage.store import Store
 
 FORWARD = [float(v) for v in range(1, 28)]  # 27 measured steps: blocks of ceil(cbrt(27)) = 3, 9 blocks
 

@@ -15,12 +15,12 @@ import pynvml
 import pytest
 from nvml_fakes import MIB, FakeNVML
 
+from stepscope.storage.schema import TrialStatus, check_rows
 from stepscope.workloads.measure import rows
 from stepscope.workloads.measure import sampler as sampler_module
 from stepscope.workloads.measure.records import DeviceSamples, Measured
 from stepscope.workloads.measure.sampler import NvmlSampler, describe_reasons, reason_names
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.schema import TrialStatus, check_rows
 from stepscope.workloads.trial import Trial
 
 H100 = "GPU-1b8a6f43-3c7e-5d9a-a0b1-000000000001"

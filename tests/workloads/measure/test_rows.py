@@ -4,6 +4,7 @@ columns is test_columns.py's."""
 
 from __future__ import annotations
 
+from stepscope.storage.schema import TrialStatus, check_rows
 from stepscope.workloads.measure import rows
 from stepscope.workloads.measure.records import (
     DeviceFacts,
@@ -13,7 +14,6 @@ from stepscope.workloads.measure.records import (
     Work,
 )
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.schema import TrialStatus, check_rows
 from stepscope.workloads.trial import Trial
 
 

@@ -22,6 +22,7 @@ from stepscope.analysis.queries import run_query
 from stepscope.analysis.warehouse import connect
 from stepscope.orchestrator.scheduler import sweep_row
 from stepscope.orchestrator.spec import parse_spec
+from stepscope.storage.store import Store
 from stepscope.workloads.measure.device import cpu_model, describe
 from stepscope.workloads.measure.flop_peaks import MeasuredPeak, PeakError, matmul, revalidation
 from stepscope.workloads.measure.flop_peaks import cache as peak_cache
@@ -29,7 +30,6 @@ from stepscope.workloads.measure.records import Work
 from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.measure.utilization import rates
 from stepscope.workloads.registry import resolve_params
-from stepscope.workloads.storage.store import Store
 from stepscope.workloads.trial import Trial
 
 

@@ -29,7 +29,7 @@ from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.registry import resolve_params
 from stepscope.workloads.trial import Trial
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 B, IN, H, OUT = 16, 32, 64, 8
 
 

@@ -27,7 +27,7 @@ from stepscope.workloads.params import FP16_ADAM_EPS, ParamError
 from stepscope.workloads.registry import resolve_params
 from stepscope.workloads.trial import Trial
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import tf32_probe  # noqa: E402
 

@@ -22,7 +22,7 @@ from stepscope.workloads.measure.runner import run_trial
 from stepscope.workloads.registry import resolve_params
 from stepscope.workloads.trial import Trial
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+FIXTURES = Path(__file__).parents[2] / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 import hf_batches  # noqa: E402
 
