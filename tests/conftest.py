@@ -38,6 +38,14 @@ def pytest_collection_modifyitems(config, items):
         folder = Path(item.path).relative_to(tests).parts[0]
         if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(slow)
+        # pytest-xdist (`--dist loadgroup`, pyproject's addopts) spreads tests over workers one
+        # by one; a module whose tests share a module-scoped fixture (a local Ray cluster, a
+        # built wheel, a rendered report) stays on one worker, so the fixture is made once.
+        if _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(Path(item.path).relative_to(tests).as_posix()))
+    # The slow tests first (a stable sort keeps each module's order): the workers then end
+    # together on short tests instead of one of them on a two-minute sweep.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     try:
         import torch
 
@@ -50,6 +58,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _uses_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info else ()
+    return any(d.scope in ("module", "package", "class") for chain in defs for d in chain)
 
 
 @pytest.fixture

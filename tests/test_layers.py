@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LINT = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
 
-pytestmark = pytest.mark.skipif(LINT is None, reason="import-linter is not installed (pip install -e '.[test]')")
+pytestmark = [pytest.mark.skipif(LINT is None, reason="import-linter is not installed (pip install -e '.[test]')"),
+              pytest.mark.slow]  # runs lint-imports
 
 
 def _lint(config: Path) -> subprocess.CompletedProcess:

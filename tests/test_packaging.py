@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds wheels and virtual environments
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("orchestrator", "workloads", "analysis", "queries")  # repository folders, stepscope/<part> installed
 GENERIC = ("workloads", "orchestrator", "analysis")  # names no install may expose at the top level

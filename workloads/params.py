@@ -147,7 +147,7 @@ FP16_MAX = 65504.0
 FP16_ADAM_EPS = 1e-4
 DEVICES = ("auto", "cuda", "cpu")
 
-#: Parameters every trial has, whatever its workload (the README's "A sweep spec").
+#: Parameters every trial has, whatever its workload (docs/specs.md, "A sweep spec").
 COMMON_PARAMS: tuple[Param, ...] = (
     Param("workload", str, None, "a built-in name, or module:function for a custom one"),
     Param("batch_size", int, 32, "samples per step", minimum=1, maximum=INT64_MAX),

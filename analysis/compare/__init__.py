@@ -16,7 +16,7 @@ workload's parameters (`trials.params` without `seed` and without the axis), and
 trials (repeats, seeds, and the same configuration in each sweep `sweep` chooses: the latest
 by default, every sweep for `--by sweep`; `stepscope.analysis.sweeps`) are its repeats. Only ok trials count (as `ok_trials`).
 
-The statistics (the README's "Compare GPU models" says the same)
+The statistics (docs/statistics.md says the same)
 ----------------------------------------------------------------
 - *Samples.* When both cells have at least `MIN_TRIALS` (4) trials, a sample is a trial: its
   median step (`trial_summaries.p50`), so repeat-to-repeat differences (another node, another

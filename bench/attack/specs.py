@@ -420,7 +420,7 @@ def _param_cases() -> list[SpecCase]:
     return cases
 
 
-#: The built-in workloads' own parameters and their types (README, "Built-in workloads"). Kept
+#: The built-in workloads' own parameters and their types (docs/specs.md, "Built-in workloads"). Kept
 #: here rather than asked of `stepscope workloads`, so the cases do not depend on the tree's state.
 BUILTIN_PARAMS = [("mlp", "depth", "int"), ("mlp", "width", "int"), ("mlp", "input_dim", "int"),
                   ("mlp", "num_classes", "int"), ("resnet", "depth", "int"), ("resnet", "image_size", "int"),

@@ -49,8 +49,8 @@ def compare(ctx: click.Context, by: str, baseline: str | None, sweep: str | None
     """Put the values of one axis side by side, per configuration: each metric's value, the
     ratio to the baseline, its 95% bootstrap interval, a Mann-Whitney test and a verdict
     (faster, slower, same within --min-effect, or unsure); then the geometric mean of the
-    ratios per value, and what differs in the environment. The README's "Compare GPU models"
-    gives the statistics and their sources.
+    ratios per value, and what differs in the environment. docs/statistics.md gives the
+    statistics and their sources.
 
     Example:
 

@@ -230,6 +230,7 @@ def crash_store(store: Store, write, rows) -> None:
     store.write("steps", "s1", "orphan", rows.steps("s1", "orphan", {"forward": [9.0]}))
 
 
+@pytest.mark.slow  # about 20 s: 13 stops, each read back
 def test_a_compaction_stopped_after_any_step_reads_the_same_and_the_next_one_finishes(store, write, rows, tmp_path):
     crash_store(store, write, rows)
     expected = snapshot(store)

@@ -162,6 +162,7 @@ def test_a_uri_store_reads_through_its_pyarrow_filesystem(tmp_path, rows):
     assert columns(con, "trials") == TABLES["trials"].names
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_analysis_imports_neither_ray_nor_torch_nor_click():
     code = (
         "import sys, stepscope.analysis.warehouse, stepscope.analysis.queries\n"

@@ -82,13 +82,15 @@ def free_port_block():
 
 
 @contextmanager
-def local_cluster_up(node_env: dict | None = None):
+def local_cluster_up(node_env: dict | None = None, dashboard: bool = False):
     """`node_env`: the environment its nodes (and so their workers) start with, instead of
-    this process's; for a cluster whose nodes lack what a driver has."""
+    this process's; for a cluster whose nodes lack what a driver has. `dashboard`: the head
+    runs Ray's dashboard and so its job server, which `stepscope submit` and `jobs` need;
+    without it the cluster starts with a dozen fewer processes."""
     port = _free_port_block()
     directory = f"/tmp/ssc-{port}"
     env = {**(os.environ if node_env is None else node_env), "STEPSCOPE_LOCAL_PORT": str(port),
-           "STEPSCOPE_LOCAL_DIR": directory, "STEPSCOPE_LOCAL_DASHBOARD": "1"}
+           "STEPSCOPE_LOCAL_DIR": directory, "STEPSCOPE_LOCAL_DASHBOARD": "1" if dashboard else "0"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     up = subprocess.run(["bash", str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=240)
     try:
@@ -100,7 +102,8 @@ def local_cluster_up(node_env: dict | None = None):
 
 @pytest.fixture(scope="module")
 def local_cluster():
-    with local_cluster_up() as cluster:
+    """The module's cluster, with the job server: its tests submit jobs too."""
+    with local_cluster_up(dashboard=True) as cluster:
         yield cluster
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from stepscope.orchestrator.grid import expand, grid_points
 from stepscope.orchestrator.spec import parse_spec
 
@@ -55,6 +57,7 @@ def test_params_are_resolved_with_defaults():
     assert t.params["depth"] == 4 and t.params["optimizer"] == "adamw" and t.params["warmup"] == 5
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_plan_imports_neither_torch_nor_ray(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC)

@@ -61,6 +61,7 @@ for k in range(1000):
 """
 
 
+@pytest.mark.slow  # a writer process, killed
 def test_writer_killed_mid_write_leaves_only_whole_files(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
     part = tmp_path / "steps" / "sweep_id=s"

@@ -6,6 +6,8 @@ the user's code (which may import torch, or fail on this machine).
 
 from __future__ import annotations
 
+import pytest
+
 from stepscope.workloads.registry import find_custom_module, locate_module
 
 
@@ -38,6 +40,7 @@ def test_a_missing_module_or_submodule_is_not_found(tmp_path):
     assert locate_module("nosuchmodule_xyz:build", [root]) is None
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_a_module_on_sys_path_is_found(tmp_path):
     assert locate_module("json:loads", []).endswith("json")  # a package: its directory
     assert find_custom_module("json.decoder:JSONDecoder", [])

@@ -40,7 +40,7 @@ def version() -> str:
     except Exception:  # not installed (a bare checkout on sys.path)
         return "0+unknown"
 
-#: The phases of every step, in order (the README's "What it measures"). zero_grad belongs to `optimizer`.
+#: The phases of every step, in order (docs/measurement.md, "The six phases"). zero_grad belongs to `optimizer`.
 PHASES: tuple[str, ...] = ("data", "to_device", "forward", "loss", "backward", "optimizer")
 
 class TrialStatus(str, enum.Enum):

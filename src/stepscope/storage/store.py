@@ -48,7 +48,7 @@ class StoreError(StepscopeError, RuntimeError):
 
 
 def resolve_store(store: str | None) -> str:
-    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (the README's "Running sweeps").
+    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (docs/running.md).
 
     An empty `--store ""` is an error (StoreError), never the default in disguise."""
     if store is not None:

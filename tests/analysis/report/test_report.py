@@ -445,8 +445,9 @@ def test_write_report_replaces_a_file_atomically(gpu_store, tmp_path):
 # ---------------------------------------------------------------- what a person sees
 
 
+@pytest.mark.slow  # a browser process
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
-                    reason="no Chromium")
+                    reason="needs Chromium for the report's screenshot check: apt-get install chromium (Debian)")
 def test_chromium_renders_the_report_offline(gpu_report, tmp_path):
     report, png = tmp_path / "r.html", tmp_path / "r.png"
     report.write_text(gpu_report[0], encoding="utf-8")

@@ -278,6 +278,7 @@ def test_identity_by_uuid_initialises_and_shuts_down():
     assert identity_by_uuid(H100, FakeNVML(GPUS, init_fails=True)) is None
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_identity_does_not_import_torch():
     code = "import sys, stepscope.workloads.measure.identity, stepscope.workloads.measure.flop_peaks; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -120,6 +120,7 @@ PEAK_PROBE = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")
+@pytest.mark.slow  # two processes
 def test_peak_rss_is_this_process_s_own_even_when_its_parent_was_large(tmp_path):
     """A parent holding ~1.2 GiB starts the trial's process (fork + exec, as a shell or a
     scheduler does): exec seeds the child's ru_maxrss with the parent's peak, so that
