@@ -38,14 +38,15 @@ def pytest_collection_modifyitems(config, items):
         folder = Path(item.path).relative_to(tests).parts[0]
         if folder in SLOW_FOLDERS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(slow)
-        # pytest-xdist (`--dist loadgroup`, pyproject's addopts) spreads tests over workers one
-        # by one; a module whose tests share a module-scoped fixture (a local Ray cluster, a
-        # built wheel, a rendered report) stays on one worker, so the fixture is made once.
+        # With pytest-xdist and `--dist loadgroup`, tests go to workers one by one, but a module
+        # whose tests share a module-scoped fixture (a local Ray cluster, a built wheel, a
+        # rendered report) stays on one worker, so the fixture is made once.
         if _uses_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(Path(item.path).relative_to(tests).as_posix()))
-    # The slow tests first (a stable sort keeps each module's order): the workers then end
-    # together on short tests instead of one of them on a two-minute sweep.
-    items.sort(key=lambda item: "slow" not in item.keywords)
+    if getattr(config.option, "numprocesses", None):
+        # Several workers: the slow tests first (a stable sort keeps each module's order), so
+        # the workers end together on short tests, not one of them on a two-minute sweep.
+        items.sort(key=lambda item: "slow" not in item.keywords)
     try:
         import torch
 

@@ -61,11 +61,16 @@ def test_the_readme_block_runs_as_written_submit_included(tmp_path, free_port_bl
     assert printed == {"run": ours[gcs.group(1)], "submit": ours[jobs.group(1)]}, proc.stdout
     assert "job raysubmit_" in proc.stderr and ": SUCCEEDED" in proc.stderr, proc.stderr[-3000:]
 
-    # Two sweeps of the 12 trials, one run from here, one submitted; the query shows the latest.
+    # Two sweeps of examples/compare-gpus.yaml (4 configurations on each of the 2 fake GPU
+    # types), one run from here, one submitted; the query shows the latest, compare puts the
+    # two GPU types side by side in it.
     rows = connect(str(store)).execute(
-        "select sweep_id, count(*) filter (where status = 'ok'), count(*) from trials group by all"
+        "select sweep_id, count(*) filter (where status = 'ok'), count(*), count(distinct gpu_model) "
+        "from trials group by all"
     ).fetchall()
-    assert sorted(r[1:] for r in rows) == [(12, 12), (12, 12)], rows
+    assert sorted(r[1:] for r in rows) == [(8, 8, 2), (8, 8, 2)], rows
     latest = max(r[0] for r in rows)
     queried = [line for line in proc.stdout.splitlines() if line.startswith(latest + ",")]
-    assert len(queried) == 12, proc.stdout[-3000:]
+    assert len(queried) == 8, proc.stdout[-3000:]
+    assert any("step_ms" in line and "A100" in line and "H100" in line for line in proc.stdout.splitlines()), \
+        proc.stdout[-3000:]
