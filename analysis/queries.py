@@ -137,30 +137,34 @@ def get_query(name: str) -> QueryInfo:
 
 
 def run_query(
-    con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None
+    con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None, *,
+    sweep_option: str = "-p sweep",
 ) -> Result:
     """Run the named query with `params` (missing ones take their defaults: `sweep=latest`,
-    `stepscope.analysis.sweeps.DEFAULT`; a `sweep` is any selection `--sweep` takes)."""
-    return stream_query(con, name, params).collect()
+    `stepscope.analysis.sweeps.DEFAULT`; a `sweep` is any selection `--sweep` takes).
+    `sweep_option`: how an error about the sweep names where it came from ('--sweep' when the
+    CLI's option gave it)."""
+    return stream_query(con, name, params, sweep_option=sweep_option).collect()
 
 
 def stream_query(
-    con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None
+    con: duckdb.DuckDBPyConnection, name: str, params: dict[str, str] | None = None, *,
+    sweep_option: str = "-p sweep",
 ) -> Rows:
     """`run_query`, its rows streamed."""
     query = get_query(name)
     values = bind(query, params or {})
     if "sweep" in values:
-        values["sweep"] = _sweep_value(con, query, values["sweep"])
+        values["sweep"] = _sweep_value(con, query, values["sweep"], sweep_option)
     return _execute(con, query.path.read_text(encoding="utf-8"), values)
 
 
-def _sweep_value(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str) -> str:
+def _sweep_value(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str, option: str = "-p sweep") -> str:
     """`-p sweep=...` resolved (`stepscope.analysis.sweeps`: ids, names, latest, all, comma
     lists) to what `in_sweep` reads: an unknown sweep is an error naming the sweeps there, not
     no rows, and `latest` needs a `sweeps` row to tell the newest sweep."""
     try:
-        return sql_value(resolve(con, sweep, option="-p sweep"))
+        return sql_value(resolve(con, sweep, option=option))
     except SweepError as exc:
         raise QueryError(f"query {query.name}: {exc}") from None
 

@@ -121,8 +121,8 @@ def sql_value(chosen: list[str] | None) -> str:
 
 
 def _latest(sweeps: Sequence[KnownSweep], option: str) -> list[str]:
-    """[the newest sweep] by its `sweeps` row (created_at, nulls last, then the greatest id,
-    as `in_sweep`'s 'latest'); [] for a store with no sweep at all."""
+    """[the newest sweep] by its `sweeps` row (created_at, nulls last, then the greatest id);
+    [] for a store with no sweep at all."""
     rows = [s for s in sweeps if s.has_row]
     if rows:
         return [max(rows, key=lambda s: (s.created_at is not None, s.created_at or 0, s.sweep_id)).sweep_id]

@@ -9,8 +9,8 @@
 -- layer, read top to bottom. Not a named query: `stepscope query --list` skips it.
 --
 -- No view here picks a sweep: a view cannot take the `$sweep` parameter, so each
--- named query filters what it reads with in_sweep(sweep_id, $sweep), and
--- `sweep=latest` still means the newest sweep.
+-- named query filters what it reads with in_sweep(sweep_id, $sweep), where
+-- $sweep is what stepscope.analysis.sweeps resolved `-p sweep=` (or `--sweep`) to.
 
 -- One row per trial that ended ok (an oom, a failed or a timed-out trial has no
 -- figures to compare, nor has a nonfinite one: its loss went NaN or ±Inf, so it

@@ -247,16 +247,10 @@ where exists (
 create or replace view unsummarized_steps as
 select * from committed_steps('raw_steps_unsummarized');
 
--- The `sweep` parameter of every named query: 'all', a sweep_id, several joined
--- by commas (what stepscope.analysis.sweeps.resolve makes of `-p sweep=`: ids,
--- names, latest, all), or 'latest' (the newest sweep by created_at, for ad hoc
--- SQL). Usage: where in_sweep(sweep_id, $sweep)
+-- The `sweep` parameter of every named query, as stepscope.analysis.sweeps (the one
+-- resolver of ids, names, latest and all) hands it over: 'all', or the chosen sweep
+-- ids joined by commas. It resolves nothing itself: in ad hoc SQL, give it ids.
+-- Usage: where in_sweep(sweep_id, $sweep)
 create or replace macro in_sweep(id, choice) as (
-    choice = 'all'
-    or id = choice
-    or (contains(choice, ',') and list_contains(string_split(choice, ','), id))
-    or (
-        choice = 'latest'
-        and id = (select s.sweep_id from sweeps as s order by s.created_at desc, s.sweep_id desc limit 1)
-    )
+    choice = 'all' or list_contains(string_split(choice, ','), id)
 );

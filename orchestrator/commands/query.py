@@ -42,7 +42,8 @@ def query(name: str | None, params: tuple[str, ...], sweep: str | None, list_: b
     require_results(opened.contents, store)  # a store with no sweep is not an empty answer
     con = opened.con
     with watch(con, timeout):
-        result = stream_query(con, name, bound)
+        given_as = "-p sweep" if sweep is None and "sweep" in bound else "--sweep"
+        result = stream_query(con, name, bound, sweep_option=given_as)
         write_rows(result.columns, result.batches, fmt, max_rows)
 
 

@@ -183,9 +183,13 @@ def test_an_unknown_sweep_lists_ten_then_a_count(store, write, rows):
 
 def test_latest_with_trials_but_no_sweeps_row_is_an_error_not_no_rows(cli_runner, store, write):
     write.trial("s7", "t1", {"forward": [1.0]}, 0)
+    # Neither --sweep nor -p sweep= given: the message names the option, --sweep.
     line = refused(cli_runner("query", "trials", "--store", store.location))
-    assert line == ("Error: query trials: -p sweep=latest: the store has no sweeps row to tell the newest sweep "
-                    "(`stepscope store check` says why); give -p sweep=all, or one of: s7")
+    assert line == ("Error: query trials: --sweep latest: the store has no sweeps row to tell the newest sweep "
+                    "(`stepscope store check` says why); give --sweep all, or one of: s7")
+    # Given as -p sweep=, the message says so.
+    line = refused(cli_runner("query", "trials", "-p", "sweep=latest", "--store", store.location))
+    assert line.startswith("Error: query trials: -p sweep=latest: ") and line.endswith("give -p sweep=all, or one of: s7")
     result = cli_runner("query", "trials", "-p", "sweep=all", "--store", store.location, "--format", "csv")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
 

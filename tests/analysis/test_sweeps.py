@@ -104,7 +104,7 @@ def test_sql_value_is_what_in_sweep_reads(three):
                                                 {"s": value}).fetchall())
     assert chosen("all") == ["new", "old", "other"]
     assert chosen("old") == ["old"] and chosen("old,new") == ["new", "old"] and chosen("") == []
-    assert chosen("latest") == ["other"]  # kept for ad hoc SQL
+    assert chosen("latest") == []  # in_sweep resolves nothing: latest and names are sweeps.resolve's
 
 
 def test_a_named_query_takes_the_same_selection(three):
