@@ -114,6 +114,15 @@ def choose(known: Callable[[], Sequence[KnownSweep]] | Sequence[KnownSweep], tex
     return sorted(set(chosen))
 
 
+def default_for(sweep: str | None, *, by_sweep: bool = False) -> str:
+    """What a reader reads when the user gave `sweep` (None: nothing): `DEFAULT`, or every
+    sweep when the comparison's axis is the sweep itself (`compare --by sweep`, and the
+    report's compare section with `--by sweep`)."""
+    if sweep is not None:
+        return sweep
+    return ALL if by_sweep else DEFAULT
+
+
 def sql_value(chosen: list[str] | None) -> str:
     """What `in_sweep(sweep_id, $sweep)` reads for a `resolve` result: 'all', or the ids
     joined by commas ('' for none, which no sweep matches)."""

@@ -20,7 +20,7 @@ from stepscope.analysis.compare.model import (
     CompareError,
 )
 from stepscope.analysis.keys import ConfigKey
-from stepscope.analysis.sweeps import ALL, DEFAULT, resolve
+from stepscope.analysis.sweeps import default_for, resolve
 from stepscope.analysis.warehouse import sql_string
 
 
@@ -129,7 +129,7 @@ def read(con: duckdb.DuckDBPyConnection, by: str, sweep: str | None, baseline: s
     --baseline, the baseline's sweep is always in, so `--sweep latest` compares the newest
     sweep with the baseline."""
     axis_sql, axis = _axis_expression(con, by)
-    text = sweep if sweep is not None else (ALL if axis == "sweep" else DEFAULT)
+    text = default_for(sweep, by_sweep=axis == "sweep")
     keep = [baseline] if axis == "sweep" and baseline is not None else []
     chosen_sweeps = resolve(con, text, keep=keep)
     drop = {"seed": None}

@@ -25,7 +25,7 @@ from stepscope.analysis.report.sections import (
     _sweep_section,
     _throughput_section,
 )
-from stepscope.analysis.sweeps import ALL, DEFAULT, resolve
+from stepscope.analysis.sweeps import default_for, resolve
 from stepscope.errors import StepscopeError
 
 
@@ -110,7 +110,7 @@ def render_report(
 ) -> tuple[str, dict[str, bool]]:
     """The report's HTML text, and per section id whether it holds a plot (see write_report,
     which says what `sweep` selects)."""
-    text = sweep if sweep is not None else (ALL if by in SWEEP_AXES else DEFAULT)
+    text = default_for(sweep, by_sweep=by in SWEEP_AXES)
     data = ReportData.load(con, text, resolve(con, text))
     sections = [
         _phase_section(data),
