@@ -33,9 +33,9 @@ The statistics (docs/statistics.md says the same)
 - *Confidence interval.* 95% percentile bootstrap of the ratio of medians, each cell
   resampled on its own (`BOOTSTRAP_RESAMPLES` resamples, a fixed seed so that a rerun prints
   the same interval; Efron and Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13).
-  The resampling has `scipy.stats.bootstrap`'s distribution, drawn as multinomial counts
-  on sorted samples (`stats.resampled_medians`), which thousands of configurations need:
-  the same distribution, other draws than scipy's.
+  The interval is `scipy.stats.bootstrap`'s over each cell's samples in ascending order, to
+  the last bit, computed from resample indices sorted once per sample size
+  (`stats.median_positions`), which thousands of configurations need.
 - *Test.* Two-sided Mann-Whitney U test of the two cells' samples (`scipy.stats.mannwhitneyu`),
   the test asv uses to tell a change from noise (asv's `asv.step_detect` / `asv compare`,
   https://asv.readthedocs.io/en/stable/dev.html). Samples that are all equal give p = 1.

@@ -273,34 +273,6 @@ def test_cli_errors_are_one_line_and_exit_2(store, rows, tmp_path):
     assert code == 2 and "csv holds one table" in out
 
 
-def test_the_fast_bootstrap_draws_what_scipys_does():
-    # The same percentile interval of a ratio of medians as scipy.stats.bootstrap computes by
-    # building every resample, within Monte Carlo error (scipy with 10x the resamples).
-    from scipy import stats
-
-    from stepscope.analysis.stats import bootstrap_ratio
-
-    rng = np.random.default_rng(7)
-    base, other = rng.lognormal(0.0, 0.2, 30), rng.lognormal(0.3, 0.2, 25)
-    low, high = bootstrap_ratio(base[None, :], other[None, :])
-    reference = stats.bootstrap(
-        (base, other), lambda b, o, axis=-1: np.median(o, axis=axis) / np.median(b, axis=axis),
-        vectorized=True, n_resamples=49_999, method="percentile", rng=np.random.default_rng(2),
-    ).confidence_interval
-    assert low[0] == pytest.approx(reference.low, rel=0.02)
-    assert high[0] == pytest.approx(reference.high, rel=0.02)
-    # An odd and an even sample: the resampled median is the middle value, or the mean of the two.
-    from stepscope.analysis.stats import median_positions, resampled_medians
-
-    for n in (5, 6):
-        sample = rng.normal(size=(1, n))
-        medians = resampled_medians(sample, median_positions(n, np.random.default_rng(3)))[0]
-        draws = np.random.default_rng(3).multinomial(n, np.full(n, 1 / n), size=len(medians))
-        ordered = np.sort(sample[0])
-        expected = [np.median(np.repeat(ordered, c)) for c in draws]
-        assert np.array_equal(medians, expected)
-
-
 # ------------------------------------------------------------------ what a gate must not miss
 
 
