@@ -38,7 +38,10 @@ def test_phase_times_match_known_sleeps(tmp_path):
     steps = [s for s in read(tmp_path, "steps") if not s["is_warmup"]]
     for phase, ms in want.items():
         got = statistics.median(s["duration_ms"] for s in steps if s["phase"] == phase)
-        assert ms <= got <= ms + 1.0 + 0.03 * ms, (phase, got)
+        # A sleep never ends early; it may end 1-2 ms late on a loaded machine (1.5 ms seen
+        # with the suite on 3 workers). The bound stays under the smallest phase (3 ms), so
+        # a phase that swallowed another's time would still fail.
+        assert ms <= got <= ms + 2.0 + 0.03 * ms, (phase, got)
     assert all(s["duration_ms"] == s["host_ms"] for s in steps)  # on a CPU wall time is device time
 
 
