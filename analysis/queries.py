@@ -44,7 +44,7 @@ from pathlib import Path
 import duckdb
 
 from stepscope.analysis.sweeps import SweepError, resolve, sql_value
-from stepscope.errors import StepscopeError
+from stepscope.errors import Field, StepscopeError
 
 # `stepscope/queries`: in a wheel, the SQL files themselves; in a checkout (and an
 # editable install), src/stepscope/queries, a link to the repository's queries/.
@@ -70,6 +70,10 @@ BATCH_ROWS = 10_000
 class QueryError(StepscopeError, RuntimeError):
     """A query cannot be found, bound or run. The message is for the user as it stands;
     for an SQL error it is DuckDB's own (which may span lines: LINE 1 and a caret)."""
+
+
+#: The time limit as `watch` (and the functions that run a query under it) names it.
+TIMEOUT = Field("timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,7 @@ def _sweep_value(con: duckdb.DuckDBPyConnection, query: QueryInfo, sweep: str, o
     try:
         return sql_value(resolve(con, sweep, option=option))
     except SweepError as exc:
-        raise QueryError(f"query {query.name}: {exc}") from None
+        raise QueryError(f"query {query.name}: ", exc) from None  # its fields stay fields
 
 
 def reads_relations(con: duckdb.DuckDBPyConnection, sql: str) -> bool:
@@ -332,7 +336,7 @@ class QueryInterrupted(Exception):
 @contextlib.contextmanager
 def watch(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> Iterator[None]:
     """Run and read a query inside this block to stop it on Ctrl-C (KeyboardInterrupt) or
-    after `timeout` seconds (QueryError naming --timeout).
+    after `timeout` seconds (QueryError naming `timeout`).
 
     DuckDB's own check for Ctrl-C is not reliable during a long query (it may never come
     back; duckdb/duckdb#15925), but `con.interrupt()` from another thread is. So a watcher
@@ -373,8 +377,8 @@ def watch(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> Itera
         yield
     except (QueryInterrupted, duckdb.InterruptException):  # the latter from SQL run outside _execute
         if why[:1] == ["timeout"]:
-            raise QueryError(f"the query ran past --timeout {timeout:g} s and was stopped; raise --timeout, "
-                             "or narrow the query") from None
+            raise QueryError("the query ran past ", TIMEOUT, f" {timeout:g} s and was stopped; raise ", TIMEOUT,
+                             ", or narrow the query") from None
         raise KeyboardInterrupt from None
     finally:
         os.write(stop_w, b"x")

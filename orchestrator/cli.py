@@ -3,7 +3,9 @@
 The group is here; its commands live in `stepscope.orchestrator.commands`, one module per
 family (run, jobs, query, compare, report, store, peaks), and are added below. Library code
 raises subclasses of `stepscope.errors.StepscopeError` (SpecError, StoreError, QueryError,
-SchedulerError, ...); they become one `Error: ...` line and exit code 2 here, once.
+SchedulerError, ...); they become one `Error: ...` line and exit code 2 here, once, each
+input they name (`stepscope.errors.Field`) spelled as the option that gives it
+(`options.option_of`: the library's `store /x: ...` prints as `--store /x: ...`).
 Ray and torch are imported only by the commands that need them.
 """
 
@@ -27,6 +29,7 @@ from stepscope.orchestrator.commands.common import (
     EXIT_TRIALS_FAILED,
     EXIT_USAGE,
 )
+from stepscope.orchestrator.options import option_of
 from stepscope.storage.layout import StoreWarning
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TRIALS_FAILED", "EXIT_USAGE", "cli", "main"]
@@ -53,8 +56,8 @@ class _Group(click.Group):
         except Exception as exc:  # the one boundary where errors become messages
             if (ctx.obj or {}).get("debug"):
                 traceback.print_exc()
-            if isinstance(exc, StepscopeError):
-                click.echo(f"Error: {one_line(exc, with_type=False)}", err=True)
+            if isinstance(exc, StepscopeError):  # the inputs it names, as the options that give them
+                click.echo(f"Error: {one_line(exc, with_type=False, spell=option_of)}", err=True)
                 ctx.exit(EXIT_USAGE)
             click.echo(f"Error: unexpected {one_line(exc)} (rerun with --debug for a traceback)", err=True)
             ctx.exit(EXIT_TRIALS_FAILED)

@@ -17,11 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from stepscope.errors import StepscopeError
+from stepscope.errors import Field, StepscopeError
 
 ACCEL_PREFIX = "accelerator_type:"
 MODEL_PREFIX = "gpu_model:"
 _TINY = 0.001  # a fractional request: selects the node type without using up the label
+
+
+#: The cluster's address as the library names it (`Session(address)`, `jobs.client(address)`).
+ADDRESS = Field("address")
 
 
 class SchedulerError(StepscopeError, RuntimeError):

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from stepscope.errors import StepscopeError, one_line
+from stepscope.orchestrator.cluster import ADDRESS
 from stepscope.orchestrator.spec import SpecError, SweepSpec
-from stepscope.storage.store import Store, StoreError, is_uri
+from stepscope.storage.store import STORE, Store, StoreError, is_uri
 from stepscope.workloads.registry import is_custom, locate_module
 
 
@@ -59,7 +60,7 @@ def jobs_address(address: str | None) -> str:
     if not found or not found.startswith(("http://", "https://")):
         given = f" {found}" if found else ""
         raise JobError(
-            f"--address{given}: give the cluster's job server, e.g. http://HEAD:8265 "
+            ADDRESS, f"{given}: give the cluster's job server, e.g. http://HEAD:8265 "
             "(or set RAY_API_SERVER_ADDRESS)"
         )
     return found
@@ -77,14 +78,14 @@ def client(address: str | None):
         return JobSubmissionClient(where)
     except AuthenticationError:
         raise JobError(
-            f"--address {where}: the job server wants the cluster's token: export RAY_AUTH_MODE=token, "
+            ADDRESS, f" {where}: the job server wants the cluster's token: export RAY_AUTH_MODE=token, "
             "with the token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
         ) from None
     except (OSError, RuntimeError, ValueError):  # requests' errors are OSErrors
-        raise JobError(unreachable(where)) from None
+        raise unreachable(where) from None
 
 
-def unreachable(where: str) -> str:
+def unreachable(where: str) -> JobError:
     """The one-line error for a job server address that did not answer as one: nothing
     listens there (how to start one), or something else does (which port to give)."""
     import socket
@@ -96,11 +97,11 @@ def unreachable(where: str) -> str:
         with socket.create_connection((url.hostname or "", port), timeout=3):
             pass
     except (OSError, ValueError):
-        return f"--address {where}: no Ray job server answers there; {START_JOB_SERVER}"
-    return (
-        f"--address {where}: this port answers, but not as a Ray job server (a GCS or Ray Client "
+        return JobError(ADDRESS, f" {where}: no Ray job server answers there; {START_JOB_SERVER}")
+    return JobError(
+        ADDRESS, f" {where}: this port answers, but not as a Ray job server (a GCS or Ray Client "
         "port?); give the dashboard's address, http://HEAD:8265 unless the head was started with "
-        "another --dashboard-port"
+        "another --dashboard-port"  # `ray start`'s option, not ours
     )
 
 
@@ -119,7 +120,7 @@ def check_job_store(location: str) -> None:
     Store(location)
     if not is_uri(location) and not os.path.isabs(location.removeprefix("file://")):
         raise StoreError(
-            f"--store {location}: the sweep's driver runs on the cluster, so give a store it can "
+            STORE, f" {location}: the sweep's driver runs on the cluster, so give a store it can "
             "reach: an object store URI (s3://bucket/prefix) or an absolute path on a shared mount"
         )
 

@@ -1,11 +1,37 @@
 """The options several commands share, each defined once: --store, --sweep and --timeout.
-(`--format` and `--max-rows` are `output.output_options`, beside the code that writes rows.)"""
+(`--format` and `--max-rows` are `output.output_options`, beside the code that writes rows.)
+And how the CLI spells each input that the library's errors name (`option_of`)."""
 
 from __future__ import annotations
 
 import math
 
 import click
+
+from stepscope.errors import Field
+
+#: The option that gives each input the library's errors name (`stepscope.errors.Field`, by
+#: the library's name for it). The boundary (`stepscope.orchestrator.cli`) prints every error
+#: with its fields spelled so: the library's `store /x: cannot write ...` reads
+#: `--store /x: cannot write ...`.
+OPTION_OF_FIELD = {
+    "store": "--store",
+    "address": "--address",
+    "sweep": "--sweep",
+    "sweep_id": "--sweep-id",
+    "gpu": "--gpu",
+    "timeout": "--timeout",
+    "out_path": "--out",
+    "by": "--by",
+    "baseline": "--baseline",
+    "metrics": "--metric",
+    "min_effect": "--min-effect",
+}
+
+
+def option_of(field: Field) -> str:
+    """The option that gives `field` (its library name where no option does)."""
+    return OPTION_OF_FIELD.get(field.name, field.name)
 
 store_option = click.option(
     "--store",

@@ -15,7 +15,7 @@ from stepscope.errors import one_line
 from stepscope.orchestrator import cluster
 from stepscope.orchestrator.cluster import SchedulerError
 from stepscope.orchestrator.spec import Isolation, SweepSpec
-from stepscope.storage.store import PROBE_DIR, Store, StoreError, probe_write
+from stepscope.storage.store import PROBE_DIR, STORE, Store, StoreError, probe_write
 from stepscope.workloads.trial import Trial
 
 
@@ -64,7 +64,7 @@ def check_store_visible(ray, store: Store, nodes: Sequence[cluster.Node], driver
         os.unlink(probe)
     if blind:
         raise SchedulerError(
-            f"--store {store.location}: a local path, but nodes on other hosts ({', '.join(blind)}) "
+            STORE, f" {store.location}: a local path, but nodes on other hosts ({', '.join(blind)}) "
             "cannot see it; use a directory mounted at the same path on every node, "
             "or an object store URI such as s3://bucket/prefix"
         )
@@ -105,25 +105,36 @@ def check_store_writable(ray, store: Store, nodes: Sequence[cluster.Node], drive
     if remote_only:  # the probes' folder on a shared mount; a probe still running keeps it
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(store.local_root, PROBE_DIR))
-    failures: list[tuple[cluster.Node, str]] = []  # node, why
+    failures: list[tuple[cluster.Node, tuple]] = []  # node, why (the parts of a message)
     for ref in ready:
         try:
             ray.get(ref)
         except Exception as exc:  # Ray's wrapper of the StoreError the probe raised, or of a dead worker
             cause = getattr(exc, "cause", None)
-            failures.append((refs[ref], str(cause) if isinstance(cause, StoreError) else one_line(exc)))
+            why = _without_store(cause, store) if isinstance(cause, StoreError) else (one_line(exc),)
+            failures.append((refs[ref], why))
     for ref in late:
         ray.cancel(ref, force=True)
-        failures.append((refs[ref], f"no answer to the store probe within {timeout:g} s"))
+        failures.append((refs[ref], (f"no answer to the store probe within {timeout:g} s",)))
     if failures:
-        node, error = failures[0]
+        node, why = failures[0]
         more = f"; {len(failures) - 1} more node(s) fail too" if len(failures) > 1 else ""
         raise SchedulerError(
-            f"--store {store.location}: node {node.node_id[:12]} ({node.ip}): "
-            f"{error.removeprefix(f'--store {store.location}: ')}{more}. Every node that runs trials "
+            STORE, f" {store.location}: node {node.node_id[:12]} ({node.ip}): ", *why,
+            f"{more}. Every node that runs trials "
             "must be able to write the store: give the nodes the credentials and endpoint the driver "
             "uses (or mount the directory there), or use a store they all reach; nothing was run"
         )
+
+
+def _without_store(error: StoreError, store: Store) -> tuple:
+    """The parts of the probe's StoreError without the `store LOCATION: ` it opens with:
+    the message that reports it names the store once, before the node."""
+    lead = f" {store.location}: "
+    parts = error.args
+    if len(parts) >= 2 and parts[0] == STORE and isinstance(parts[1], str) and parts[1].startswith(lead):
+        return (parts[1][len(lead):], *parts[2:])
+    return parts
 
 
 def trial_nodes(spec: SweepSpec, nodes: Sequence[cluster.Node]) -> list[cluster.Node]:

@@ -12,7 +12,7 @@ import time
 
 from stepscope.errors import one_line
 from stepscope.orchestrator import cluster
-from stepscope.orchestrator.cluster import SchedulerError
+from stepscope.orchestrator.cluster import ADDRESS, SchedulerError
 
 #: Ray's logger for its token-authentication setup (ray/_private/authentication/).
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -87,7 +87,7 @@ class Session:
                 "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
                 "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)"
             )
-            raise SchedulerError(f"--address: cannot connect to Ray at {where}: {one_line(exc)}{hint}") from None
+            raise SchedulerError(ADDRESS, f": cannot connect to Ray at {where}: {one_line(exc)}{hint}") from None
         self.started_here = True
         return self
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from stepscope.errors import StepscopeError
+from stepscope.errors import Field, StepscopeError
 from stepscope.orchestrator.spec_yaml import YamlError, count, limit
 from stepscope.orchestrator.spec_yaml import load as load_yaml
 from stepscope.workloads.params import ParamError, brief
@@ -98,11 +98,16 @@ class GpuTargets:
 
 
 class SpecError(StepscopeError, ValueError):
-    """A sweep spec is invalid. str() is the one line the user sees."""
+    """A sweep spec is invalid. str() is the one line the user sees. `source`: the spec's
+    path, or the input that gave the bad value (a `Field`: `check_gpu_label`)."""
 
-    def __init__(self, source: str, key: str, message: str) -> None:
+    def __init__(self, source: str | Field, key: str, message: str) -> None:
         self.source, self.key, self.message = source, key, message
-        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+        super().__init__(source, f": {key}: {message}" if key else f": {message}")
+
+
+#: A trial's GPU type and a sweep's id, as `check_gpu_label` and `check_sweep_id` name them.
+GPU, SWEEP_ID = Field("gpu"), Field("sweep_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +171,7 @@ def check_custom_workloads(spec: SweepSpec, trials) -> None:
             )
 
 
-def check_gpu_label(label: str | None, source: str = "--gpu") -> str | None:
+def check_gpu_label(label: str | None, source: str | Field = GPU) -> str | None:
     """`label` when it is a safe accelerator type name (as `gpus:` lists them), else SpecError."""
     if label is not None and not _GPU_RE.fullmatch(label):
         raise SpecError(source, "", f"{brief(label)} is not an accelerator type name, e.g. H100 or A100-SXM4-40GB "
@@ -174,7 +179,7 @@ def check_gpu_label(label: str | None, source: str = "--gpu") -> str | None:
     return label
 
 
-def check_sweep_id(sweep_id: str | None, source: str = "--sweep-id") -> str | None:
+def check_sweep_id(sweep_id: str | None, source: str | Field = SWEEP_ID) -> str | None:
     """A sweep id given by the user names a partition directory: the alphabet of spec names
     (and `.`), at most MAX_SWEEP_ID_CHARS characters. Generated ids (`resume.new_sweep_id`)
     pass. None passes (no id given)."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 
 import pytest
 
 from stepscope import StepscopeError
-from stepscope.errors import one_line
+from stepscope.errors import Field, one_line
 
 USER_ERRORS = [
     ("stepscope.orchestrator.spec", "SpecError"),
@@ -48,3 +49,31 @@ def test_one_line_describes_a_wrapper_by_what_it_wraps():
             self.cause = cause
 
     assert one_line(TaskError(ZeroDivisionError("division by zero"))) == "ZeroDivisionError: division by zero"
+
+
+STORE = Field("store")
+
+
+def flag(field: Field) -> str:
+    return f"--{field.name}"
+
+
+def test_a_message_names_its_fields_by_the_library_names_and_a_front_end_spells_them():
+    err = StepscopeError(STORE, ": empty; give a directory (or leave ", STORE, " out)")
+    assert str(err) == "store: empty; give a directory (or leave store out)"
+    assert err.render(flag) == "--store: empty; give a directory (or leave --store out)"
+    assert err.field == "store" and StepscopeError("no field here").field is None
+    # A wrapper keeps the fields of what it wraps; text around them is never read.
+    wrapped = StepscopeError("query q: ", err, "; store --store")
+    assert wrapped.render(flag) == "query q: --store: empty; give a directory (or leave --store out); store --store"
+    assert wrapped.field == "store"
+    assert one_line(wrapped, with_type=False, spell=flag) == wrapped.render(flag)
+    assert one_line(wrapped, with_type=False) == str(wrapped)
+
+
+def test_fields_survive_pickling_as_an_error_raised_in_a_ray_task_does():
+    from stepscope.storage.store import StoreError
+
+    back = pickle.loads(pickle.dumps(StoreError(STORE, " /x: cannot write /x/steps")))
+    assert type(back) is StoreError and back.field == "store"
+    assert (str(back), back.render(flag)) == ("store /x: cannot write /x/steps", "--store /x: cannot write /x/steps")

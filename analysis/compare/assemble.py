@@ -15,12 +15,16 @@ import duckdb
 import numpy as np
 
 from stepscope.analysis.compare.model import (
+    BY,
     DEVICE_AXES,
     ENVIRONMENT,
     KEY_COLUMNS,
     METRIC_NAMES,
     METRICS,
+    METRICS_FIELD,
+    MIN_EFFECT_FIELD,
     ROW_STATS,
+    SWEEP,
     CompareError,
     CompareResult,
     Metric,
@@ -56,30 +60,30 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
     axis, metric or baseline, a negative minimum effect, or an axis with fewer than 2 values.
     """
     if not (math.isfinite(min_effect) and 0 <= min_effect < 1):
-        raise CompareError(f"--min-effect {min_effect}: give a fraction from 0 up to 1, e.g. 0.05 for 5%")
+        raise CompareError(MIN_EFFECT_FIELD, f" {min_effect}: give a fraction from 0 up to 1, e.g. 0.05 for 5%")
     chosen_metrics = list(METRICS)
     if metrics:
         unknown = [m for m in metrics if m not in _BY_NAME]
         if unknown:
-            raise CompareError(f"--metric {', '.join(unknown)}: unknown; choose from {', '.join(METRIC_NAMES)}")
+            raise CompareError(METRICS_FIELD, f" {', '.join(unknown)}: unknown; choose from {', '.join(METRIC_NAMES)}")
         chosen_metrics = [m for m in METRICS if m.name in set(metrics)]  # each once, in METRICS order
     started = time.perf_counter()
     found = read(con, by, sweep, baseline)
     axis, trials, values, query_s, statuses = found.axis, found.trials, found.values, found.query_s, found.statuses
     read_s = time.perf_counter() - started
-    where = "in this store" if found.sweep == "all" else \
-        f"in --sweep {found.sweep}" + (" (the default)" if found.defaulted else "")
+    where = ("in this store",) if found.sweep == "all" else \
+        ("in ", SWEEP, f" {found.sweep}" + (" (the default)" if found.defaulted else ""))
     if not statuses:
-        raise CompareError(f"--by {by}: no trial {where} has a {by} value; choose another axis")
+        raise CompareError(BY, f" {by}: no trial ", *where, f" has a {by} value; choose another axis")
     if not trials:
         counts = "; ".join(f"{v}: {c['statuses']}" for v, c in sorted(statuses.items()))
-        raise CompareError(f"--by {by}: no trial {where} ended ok ({counts}); compare reads ok trials only")
+        raise CompareError(BY, f" {by}: no trial ", *where, f" ended ok ({counts}); compare reads ok trials only")
     if len(values) < 2:
         others = [f"{v} ({c['statuses']})" for v, c in sorted(statuses.items()) if v not in values]
         also = f"; {', '.join(others)} had no ok trial" if others else ""
-        raise CompareError(f"--by {by}: the ok trials {where} have one value, {values[0]!r}{also}; compare needs "
-                           f"2 or more (choose another axis, or run the grid with more, e.g. `gpus: each` for GPU "
-                           f"models)")
+        raise CompareError(BY, f" {by}: the ok trials ", *where, f" have one value, {values[0]!r}{also}; compare "
+                           f"needs 2 or more (choose another axis, or run the grid with more, e.g. `gpus: each` "
+                           f"for GPU models)")
     base_value = resolve_baseline(con, axis, values, baseline)
     cells: dict[ConfigKey, dict[str, list[Trial]]] = defaultdict(lambda: defaultdict(list))
     for t in trials:
@@ -116,7 +120,7 @@ def compare(con: duckdb.DuckDBPyConnection, by: str, baseline: str | None = None
     samples_s = time.perf_counter() - started - read_s
     gaps = _gaps(cells, values, base_value, statuses, axis, shown_params)
     if not pairs:
-        raise CompareError(_nothing_in_common(cells, base_value, axis, chosen_metrics))
+        raise CompareError(*_nothing_in_common(cells, base_value, axis, chosen_metrics))
     stats_started = time.perf_counter()
     _test_pairs(pairs, min_effect)
     rows = [p.row for p in pairs]
@@ -199,20 +203,20 @@ def _describe_key(key: ConfigKey, axis: str, shown_params: list[str]) -> str:
 
 
 def _nothing_in_common(cells: dict[ConfigKey, dict[str, list[Trial]]], baseline: str, axis: str,
-                       metrics: list[Metric]) -> str:
-    """The line CompareError says when no configuration has the baseline and another value
-    (or no compared metric was recorded for them)."""
+                       metrics: list[Metric]) -> tuple:
+    """The line CompareError says (its parts) when no configuration has the baseline and
+    another value (or no compared metric was recorded for them)."""
     shared = [k for k, by_value in cells.items() if baseline in by_value and len(by_value) > 1]
     if shared:
         names = ", ".join(m.name for m in metrics)
-        return (f"--metric {names}: not recorded for the configurations compared (MFU needs FLOPs and a peak; "
-                f"energy needs NVML's power readings, on a GPU); choose other metrics")
+        return (METRICS_FIELD, f" {names}: not recorded for the configurations compared (MFU needs FLOPs and a "
+                "peak; energy needs NVML's power readings, on a GPU); choose other metrics")
     base_params = _param_values((k for k, by_value in cells.items() if baseline in by_value), axis)
     other_params = _param_values((k for k, by_value in cells.items() if any(v != baseline for v in by_value)), axis)
     differ = sorted(n for n in base_params.keys() | other_params.keys()
                     if n != axis and base_params.get(n) != other_params.get(n))
     hint = f"; they differ in {', '.join(differ)}" if differ else ""
-    return (f"--by {axis}: no configuration has both the baseline {baseline!r} and another value{hint}: "
+    return (BY, f" {axis}: no configuration has both the baseline {baseline!r} and another value{hint}: "
             f"compare puts side by side trials that differ in {axis} only")
 
 

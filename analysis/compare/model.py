@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stepscope.errors import StepscopeError
+from stepscope.errors import Field, StepscopeError
 from stepscope.storage.schema import PHASES
 
 #: Axes that name the device: comparing by one of them leaves every device column out of
@@ -47,9 +47,15 @@ METRIC_NAMES = tuple(m.name for m in METRICS)
 _BY_NAME = {m.name: m for m in METRICS}
 
 
+#: `compare`'s inputs as its errors name them (its parameters: `compare(con, by, baseline,
+#: sweep=, min_effect=, metrics=)`).
+BY, BASELINE, SWEEP, MIN_EFFECT_FIELD, METRICS_FIELD = (
+    Field("by"), Field("baseline"), Field("sweep"), Field("min_effect"), Field("metrics"))
+
+
 class CompareError(StepscopeError, ValueError):
     """The axis, the baseline or an option cannot be used on this store: one line naming the
-    option and the fix."""
+    parameter and the fix."""
 
 
 @dataclass(slots=True)

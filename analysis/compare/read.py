@@ -13,6 +13,8 @@ import duckdb
 import numpy as np
 
 from stepscope.analysis.compare.model import (
+    BASELINE,
+    BY,
     DEVICE_AXES,
     ENVIRONMENT,
     KEY_COLUMNS,
@@ -31,12 +33,12 @@ def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
 def _axis_expression(con: duckdb.DuckDBPyConnection, by: str) -> tuple[str, str]:
     """(SQL expression of the axis value over ok_trials `t`, the axis's canonical name)."""
     if not by or not by.strip():
-        raise CompareError("--by: give an axis, e.g. --by device_name (a trials column or a workload parameter)")
+        raise CompareError(BY, ": give an axis, e.g. ", BY, " device_name (a trials column or a workload parameter)")
     if by in SWEEP_AXES:
         return "t.sweep_id", "sweep"
     if by == "config":
-        raise CompareError("--by config: the configuration is what is kept equal; give one of its parts, "
-                           "e.g. --by precision")
+        raise CompareError(BY, " config: the configuration is what is kept equal; give one of its parts, e.g. ",
+                           BY, " precision")
     if by in _columns(con, "trials"):
         return f'cast(t."{by}" as varchar)', by
     # A workload parameter: any key of trials.params some ok trial has.
@@ -49,7 +51,7 @@ def _axis_expression(con: duckdb.DuckDBPyConnection, by: str) -> tuple[str, str]
         "select distinct unnest(json_keys(params)) as k from ok_trials order by k").fetchall()]
     common = ("device_name", "gpu_model", "gpu", "gpu_variant", "precision", "batch_size", "sweep")
     extra = [p for p in params if p not in common and p != "seed"]
-    raise CompareError(f"--by {by}: no such trials column or workload parameter; try one of "
+    raise CompareError(BY, f" {by}: no such trials column or workload parameter; try one of "
                        f"{', '.join(common + tuple(extra))}")
 
 
@@ -223,7 +225,7 @@ def resolve_baseline(con: duckdb.DuckDBPyConnection, axis: str, values: list[str
         if len(ids) == 1:
             return ids[0]
         if len(ids) > 1:
-            raise CompareError(f"--baseline {baseline}: {len(ids)} sweeps have that name ({', '.join(ids)}); "
+            raise CompareError(BASELINE, f" {baseline}: {len(ids)} sweeps have that name ({', '.join(ids)}); "
                                "give one sweep id")
     try:  # 64 and 64.0 are one batch size
         match = [v for v in values if float(v) == float(baseline)]
@@ -232,5 +234,5 @@ def resolve_baseline(con: duckdb.DuckDBPyConnection, axis: str, values: list[str
     except ValueError:
         pass
     shown = ", ".join(values[:12]) + (f" and {len(values) - 12} more" if len(values) > 12 else "")
-    raise CompareError(f"--baseline {baseline}: no ok trial has {axis} = {baseline!r}; its values here: {shown}")
+    raise CompareError(BASELINE, f" {baseline}: no ok trial has {axis} = {baseline!r}; its values here: {shown}")
 

@@ -26,11 +26,14 @@ from stepscope.analysis.report.sections import (
     _throughput_section,
 )
 from stepscope.analysis.sweeps import default_for, resolve
-from stepscope.errors import StepscopeError
+from stepscope.errors import Field, StepscopeError
+
+#: Where `write_report` writes, as its errors name it (its parameter `out_path`).
+OUT_PATH = Field("out_path")
 
 
 class ReportError(StepscopeError):
-    """The report cannot be written where asked (--out), or the selection is wrong."""
+    """The report cannot be written where asked (`out_path`), or the selection is wrong."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ def write_report(
     section's axis is the sweep (`by='sweep'`). `by`, `baseline`: the compare section's axis and
     baseline value (default axis: the first of DEFAULT_AXES with two or more values);
     `store`: the store's location, shown in the heading.
-    Raises ReportError for an --out that cannot be written (check_out_path), SweepError for
+    Raises ReportError for an `out_path` that cannot be written (check_out_path), SweepError for
     an unknown sweep, and what `compare` raises for a bad axis or baseline.
     """
     path = check_out_path(out_path)
@@ -70,7 +73,7 @@ def write_report(
     try:
         fd, tmp = tempfile.mkstemp(prefix=".stepscope-report-", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise ReportError(f"--out {out_path}: cannot write in {folder}: {exc.strerror or exc}") from None
+        raise ReportError(OUT_PATH, f" {out_path}: cannot write in {folder}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -79,24 +82,24 @@ def write_report(
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise ReportError(f"--out {out_path}: cannot write it: {exc.strerror or exc}") from None
+        raise ReportError(OUT_PATH, f" {out_path}: cannot write it: {exc.strerror or exc}") from None
     return ReportInfo(path, len(data), plots)
 
 
 def check_out_path(out_path: str) -> str:
-    """The absolute path to write the report to, or ReportError naming --out and the fix:
+    """The absolute path to write the report to, or ReportError naming `out_path` and the fix:
     its folder must exist and be writable, and the path must not be a folder."""
     path = os.path.abspath(os.path.expanduser(out_path))
     folder = os.path.dirname(path)
     if os.path.isdir(path):
-        raise ReportError(f"--out {out_path}: is a folder; give a file name such as {os.path.join(out_path, 'report.html')}")
+        raise ReportError(OUT_PATH, f" {out_path}: is a folder; give a file name such as {os.path.join(out_path, 'report.html')}")
     if not os.path.isdir(folder):
         what = "is not a folder" if os.path.exists(folder) else "does not exist"
-        raise ReportError(f"--out {out_path}: the folder {folder} {what}; create it or write elsewhere")
+        raise ReportError(OUT_PATH, f" {out_path}: the folder {folder} {what}; create it or write elsewhere")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ReportError(f"--out {out_path}: cannot write in the folder {folder} (permission denied); write elsewhere")
+        raise ReportError(OUT_PATH, f" {out_path}: cannot write in the folder {folder} (permission denied); write elsewhere")
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise ReportError(f"--out {out_path}: the file exists and is read-only; remove it or write elsewhere")
+        raise ReportError(OUT_PATH, f" {out_path}: the file exists and is read-only; remove it or write elsewhere")
     return path
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from stepscope.errors import one_line
+from stepscope.errors import StepscopeError, one_line
 from stepscope.orchestrator.commands.common import EXIT_OK, EXIT_TRIALS_FAILED, command
 from stepscope.orchestrator.spec import check_custom_workloads, load_spec, search_paths
 from stepscope.storage.store import StoreError
@@ -148,4 +148,5 @@ def _job_call(fn, job_id: str):
         text = str(exc)
         if "does not exist" in text or "404" in text:
             raise JobError(f"no job {job_id!r} on this cluster") from None
-        raise JobError(one_line(exc, with_type=False)) from None
+        # Ours (a JobError from `client`) keeps the inputs it names, for the CLI to spell.
+        raise JobError(exc if isinstance(exc, StepscopeError) else one_line(exc, with_type=False)) from None

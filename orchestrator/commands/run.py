@@ -102,8 +102,8 @@ def run(spec_path: str, store: str | None, address: str | None, resume: bool, sw
     except KeyboardInterrupt:
         outcome = None
     except StoreError as exc:  # the store stopped taking writes mid-sweep (full, removed, remounted)
-        raise StoreError(f"{exc}; trials stored before this stay stored: fix the store, then resume with: "
-                         f"{again}") from None
+        raise StoreError(exc, "; trials stored before this stay stored: fix the store, then resume with: ",
+                         again) from None
     if outcome is None or outcome.interrupted:
         stored = "finished trials are stored" if outcome is None else (
             f"{outcome.skipped + len(outcome.outcomes)} of {outcome.total} trials are stored"

@@ -95,7 +95,7 @@ def test_an_unfinished_upload_is_not_read(store, write, rows, s3_server, s3_buck
 
 
 def test_a_bad_uri_is_a_store_error():
-    with pytest.raises(StoreError, match=r"^--store foo://x: "):
+    with pytest.raises(StoreError, match=r"^store foo://x: "):
         connect("foo://x")
 
 

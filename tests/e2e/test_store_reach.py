@@ -36,6 +36,7 @@ def test_the_probe_names_the_node_that_cannot_write(s3_server, s3_bucket, monkey
     import ray
 
     from stepscope.orchestrator import cluster
+    from stepscope.orchestrator.options import option_of
     from stepscope.orchestrator.scheduler import SchedulerError, check_store_writable
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
@@ -52,10 +53,12 @@ def test_the_probe_names_the_node_that_cannot_write(s3_server, s3_bucket, monkey
         message = str(err.value)
         (node,) = nodes
         assert message.startswith(
-            f"--store {store.location}: node {node.node_id[:12]} ({node.ip}): cannot write {s3_bucket}/results/_probe/"
+            f"store {store.location}: node {node.node_id[:12]} ({node.ip}): cannot write {s3_bucket}/results/_probe/"
         ), message
         assert "Could not connect to server" in message and message.endswith("nothing was run")
         assert "\n" not in message
+        # The probe's StoreError crossed Ray with its field: the CLI still prints `--store`.
+        assert err.value.render(option_of) == f"--{message}"
         # The endpoint in the URI itself reaches every node.
         check_store_writable(ray, Store(s3_server.uri(s3_bucket)), nodes, driver_ip)
     finally:

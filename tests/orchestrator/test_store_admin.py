@@ -89,8 +89,8 @@ def test_inspect_and_clean_refuse_what_is_no_store(tmp_path, what):
     if what == "a file":
         path.write_text("x")
     message = {
-        "nothing": f"--store {path}: no store there (nothing was ever written to it); give the store a sweep wrote to",
-        "a file": f"--store {path}: is a file, not a directory; give a store directory or a URI",
+        "nothing": f"store {path}: no store there (nothing was ever written to it); give the store a sweep wrote to",
+        "a file": f"store {path}: is a file, not a directory; give a store directory or a URI",
     }[what]
     for call in (lambda st: inspect(st), lambda st: clean(st, 0)):
         with pytest.raises(StoreError) as caught:
@@ -115,10 +115,10 @@ def test_the_probe_refuses_a_store_under_a_file_or_a_dangling_link(tmp_path):
     under_file = tmp_path / "afile" / "store"
     with pytest.raises(StoreError) as caught:
         probe_local(Store(str(under_file)))
-    assert str(caught.value) == f"--store {under_file}: cannot write there: {tmp_path / 'afile'} is a file, not a folder"
+    assert str(caught.value) == f"store {under_file}: cannot write there: {tmp_path / 'afile'} is a file, not a folder"
     (tmp_path / "link").symlink_to(tmp_path / "gone")
     under_link = tmp_path / "link" / "store"
     with pytest.raises(StoreError) as caught:
         probe_local(Store(str(under_link)))
-    assert str(caught.value) == (f"--store {under_link}: cannot write there: {tmp_path / 'link'} is a link to "
+    assert str(caught.value) == (f"store {under_link}: cannot write there: {tmp_path / 'link'} is a link to "
                                  f"{str(tmp_path / 'gone')!r}, which does not exist")

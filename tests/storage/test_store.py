@@ -83,3 +83,28 @@ def test_writer_killed_mid_write_leaves_only_whole_files(tmp_path):
         assert pq.read_table(path).num_rows == 400_000  # every visible file is whole
     hidden = [p.name for p in part.iterdir() if p.name.startswith(".")]
     assert all(name.endswith(".tmp") for name in hidden)
+
+
+def test_store_errors_name_the_store_as_the_library_does(tmp_path):
+    """A Python caller of `Store` reads `store LOCATION: ...`, not of a `--store` it never passed
+    (the CLI prints `--store LOCATION: ...`: tests/e2e/test_store_faults.py, tests/orchestrator)."""
+    (tmp_path / "afile").write_text("x")
+    location = str(tmp_path / "afile" / "s")
+    with pytest.raises(StoreError) as caught:
+        Store(location).write("steps", "s", "t", step_rows(1))
+    message = str(caught.value)
+    assert message.startswith(f"store {location}: cannot write {location}/steps/sweep_id=s/t.parquet: "), message
+    assert caught.value.field == "store" and "--" not in message
+    with pytest.raises(StoreError) as caught:
+        resolve_store("")
+    assert str(caught.value) == "store: empty store location; give a directory or a URI (or leave store out)"
+    with pytest.raises(StoreError) as caught:
+        Store("")
+    assert str(caught.value) == "store: empty store location; give a directory or a URI"
+    root = tmp_path / "st"
+    root.mkdir()
+    (root / "trials").write_text("x")
+    with pytest.raises(StoreError) as caught:
+        Store(str(root)).table_files("trials")
+    assert str(caught.value) == (f"store {root}: {root}/trials: is not a directory; the store's trials table must be "
+                                 "a folder (move the file away, or point store at another directory)")

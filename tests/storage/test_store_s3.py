@@ -54,7 +54,7 @@ def test_bad_uri_is_one_line_naming_store(uri):
     with pytest.raises(StoreError) as err:
         Store(uri).write("steps", "s", "t", step_rows(1))
     message = str(err.value)
-    assert message.startswith(f"--store {uri}: ") and "\n" not in message
+    assert message.startswith(f"store {uri}: ") and "\n" not in message
 
 
 def test_missing_bucket_is_a_store_error(s3_server, s3_bucket):
@@ -62,7 +62,7 @@ def test_missing_bucket_is_a_store_error(s3_server, s3_bucket):
     with pytest.raises(StoreError) as err:
         Store(uri).write("steps", "s", "t", step_rows(1))
     message = str(err.value)
-    assert message.startswith(f"--store {uri}: cannot write no-such-bucket-here/results/steps/")
+    assert message.startswith(f"store {uri}: cannot write no-such-bucket-here/results/steps/")
     assert "no-such-bucket-here" in message and "not found" in message and "\n" not in message
     assert "no-such-bucket-here" not in {b["Name"] for b in s3_server.client.list_buckets()["Buckets"]}
 
@@ -144,5 +144,5 @@ def test_probe_write_writes_and_deletes_a_hidden_object(s3_server, s3_bucket):
     uri = s3_server.uri("no-such-bucket-here")
     with pytest.raises(StoreError) as err:
         probe_write(Store(uri), "node-1")
-    assert str(err.value).startswith(f"--store {uri}: cannot write no-such-bucket-here/results/_probe/node-1: ")
+    assert str(err.value).startswith(f"store {uri}: cannot write no-such-bucket-here/results/_probe/node-1: ")
     assert "\n" not in str(err.value)

@@ -73,7 +73,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from stepscope.errors import StepscopeError, one_line
+from stepscope.errors import Field, StepscopeError, one_line
 from stepscope.storage.schema import SUMMARY_VERSION, TABLES
 
 PARTITION_PREFIX = "sweep_id="
@@ -162,6 +162,11 @@ class StoreWarning(UserWarning):
     """A file in the store that readers do not read, and why (one line)."""
 
 
+#: The store as the library names it (`Store(location)`, a reader's `store`): the field of
+#: every error about the store (`stepscope.storage.store.StoreError`).
+STORE = Field("store")
+
+
 class TableUnreadable(StepscopeError, RuntimeError):
     """A table's folder exists but cannot be listed (not a directory, no permission)."""
 
@@ -183,7 +188,7 @@ def list_table(fs: pafs.FileSystem, root: str, table: str, sweep_ids: Collection
         return TableFiles(table)
     if info.type != pafs.FileType.Directory:
         raise TableUnreadable(f"{base}: is not a directory; the store's {table} table must be a folder "
-                              f"(move the file away, or point --store at another directory)")
+                              "(move the file away, or point ", STORE, " at another directory)")
     entries = _listdir(fs, base, table)
     skipped: list[SkippedFile] = _dangling(fs, base, entries)
     temporary: list[TempFile] = []

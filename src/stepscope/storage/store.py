@@ -28,6 +28,7 @@ from stepscope.storage.layout import (
     COMPACTED,
     COMPACTED_KEY,
     COMPACTED_TABLES,
+    STORE,
     SUMMARY_VERSION_KEY,
     Source,
     TableFiles,
@@ -48,12 +49,13 @@ class StoreError(StepscopeError, RuntimeError):
 
 
 def resolve_store(store: str | None) -> str:
-    """`--store`, else STEPSCOPE_STORE, else ./stepscope-results (docs/running.md).
+    """`store`, else STEPSCOPE_STORE, else ./stepscope-results (docs/running.md): what the
+    CLI's `--store` takes.
 
-    An empty `--store ""` is an error (StoreError), never the default in disguise."""
+    An empty `store` is an error (StoreError), never the default in disguise."""
     if store is not None:
         if not store.strip():
-            raise StoreError('--store: empty store location; give a directory or a URI (or leave --store out)')
+            raise StoreError(STORE, ": empty store location; give a directory or a URI (or leave ", STORE, " out)")
         return store
     return os.environ.get("STEPSCOPE_STORE") or DEFAULT_STORE
 
@@ -74,7 +76,7 @@ class Store:
 
     def __post_init__(self) -> None:
         if not self.location:
-            raise StoreError("--store: empty store location; give a directory or a URI")
+            raise StoreError(STORE, ": empty store location; give a directory or a URI")
         root = None
         if not is_uri(self.location):
             path = self.location.removeprefix("file://")
@@ -89,10 +91,10 @@ class Store:
             fs, path = pafs.FileSystem.from_uri(self.location)
             fs = _bounded(fs)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise StoreError(f"--store {self.location}: {one_line(exc, with_type=False)}") from None
+            raise StoreError(STORE, f" {self.location}: {one_line(exc, with_type=False)}") from None
         path = path.rstrip("/")
         if not path:
-            raise StoreError(f"--store {self.location}: names no bucket or path; give e.g. s3://bucket/prefix")
+            raise StoreError(STORE, f" {self.location}: names no bucket or path; give e.g. s3://bucket/prefix")
         return fs, path
 
     def partition_dir(self, table: str, sweep_id: str) -> str:
@@ -109,7 +111,7 @@ class Store:
             try:
                 _write_local_atomic(data, directory, final)
             except OSError as exc:  # a file where a folder should be, a full disk, a read-only mount
-                raise StoreError(f"--store {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+                raise StoreError(STORE, f" {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
         else:
             # One object, one upload: S3 shows it only once the upload completes, so a
             # killed writer leaves at most an unfinished (invisible) multipart upload.
@@ -117,7 +119,7 @@ class Store:
                 fs.create_dir(directory, recursive=True)
                 pq.write_table(data, final, filesystem=fs)
             except OSError as exc:  # no such bucket, access denied, unreachable endpoint
-                raise StoreError(f"--store {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+                raise StoreError(STORE, f" {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
         return final
 
     def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict],
@@ -198,7 +200,7 @@ class Store:
                 with fs.open_output_stream(final) as out:
                     out.write(buffer.getvalue())
         except OSError as exc:
-            raise StoreError(f"--store {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+            raise StoreError(STORE, f" {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
         return final, rows, frozenset(trial_ids)
 
     def delete_file(self, path: str) -> bool:
@@ -210,7 +212,7 @@ class Store:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StoreError(f"--store {self.location}: cannot delete {path}: {one_line(exc, with_type=False)}") from None
+            raise StoreError(STORE, f" {self.location}: cannot delete {path}: {one_line(exc, with_type=False)}") from None
         return True
 
     def table_files(self, table: str, sweep_ids: Collection[str] | None = None) -> TableFiles:
@@ -222,7 +224,7 @@ class Store:
         try:
             return list_table(fs, root, table, sweep_ids)
         except TableUnreadable as exc:
-            raise StoreError(f"--store {self.location}: {exc}") from None
+            raise StoreError(STORE, f" {self.location}: ", exc) from None
 
     def read_rows(self, table: str, columns: Sequence[str]) -> list[dict]:
         """`columns` of every committed-or-not row of `table`, with pyarrow alone (no
@@ -239,7 +241,7 @@ class Store:
         try:
             return _read_sources(fs, table, sources, list(columns)).to_pylist()
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"--store {self.location}: cannot read {table}: {one_line(exc, with_type=False)}") from None
+            raise StoreError(STORE, f" {self.location}: cannot read {table}: {one_line(exc, with_type=False)}") from None
 
 
 def _read_sources(fs: pafs.FileSystem, table: str, sources: Sequence[Source], columns: list[str]) -> pa.Table:
@@ -304,7 +306,7 @@ def probe_write(store: Store, name: str) -> str:
         with fs.open_output_stream(path) as out:
             out.write(b"stepscope store probe\n")
     except OSError as exc:  # no such bucket, access denied, unreachable endpoint, read-only mount
-        raise StoreError(f"--store {store.location}: cannot write {path}: {one_line(exc, with_type=False)}") from None
+        raise StoreError(STORE, f" {store.location}: cannot write {path}: {one_line(exc, with_type=False)}") from None
     try:
         fs.delete_file(path)
     except OSError:  # writing is what trials need; a probe left behind is hidden from readers

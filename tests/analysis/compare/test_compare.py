@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stepscope.analysis.compare import MIN_TRIALS, CompareError, compare
+from stepscope.analysis.compare import METRIC_NAMES, MIN_TRIALS, CompareError, compare
 from stepscope.analysis.sweeps import SweepError
 from stepscope.analysis.warehouse import connect
 from stepscope.orchestrator.cli import cli
@@ -209,13 +209,13 @@ def test_bad_axis_and_baseline_name_the_fix(sweep, rows):
     add(sweep, rows, "s1", "a", device_name="GPU-A")
     add(sweep, rows, "s1", "b", device_name="GPU-B")
     con = connect(sweep.location)
-    with pytest.raises(CompareError, match=r"--by nosuch: no such trials column .* try one of device_name"):
+    with pytest.raises(CompareError, match=r"^by nosuch: no such trials column .* try one of device_name"):
         compare(con, by="nosuch")
-    with pytest.raises(CompareError, match=r"--baseline H100: no ok trial has device_name = 'H100'; .* GPU-A, GPU-B"):
+    with pytest.raises(CompareError, match=r"^baseline H100: no ok trial has device_name = 'H100'; .* GPU-A, GPU-B"):
         compare(con, by="device_name", baseline="H100")
-    with pytest.raises(CompareError, match=r"--by precision: .* one value, 'fp32'; compare needs 2 or more"):
+    with pytest.raises(CompareError, match=r"^by precision: .* one value, 'fp32'; compare needs 2 or more"):
         compare(con, by="precision")
-    with pytest.raises(CompareError, match=r"--metric nope: unknown"):
+    with pytest.raises(CompareError, match=r"^metrics nope: unknown"):
         compare(con, by="device_name", metrics=["nope"])
 
 
@@ -225,6 +225,26 @@ def test_bad_axis_and_baseline_name_the_fix(sweep, rows):
 def run(*args):
     result = CliRunner().invoke(cli, list(args))
     return result.exit_code, result.output
+
+
+def test_the_cli_names_compares_parameters_as_its_options(sweep, rows):
+    """The library's `by nosuch: ...` (test_bad_axis_and_baseline_name_the_fix) is `--by nosuch: ...` here."""
+    add(sweep, rows, "s1", "a", device_name="GPU-A")
+    add(sweep, rows, "s1", "b", device_name="GPU-B")
+    expected = {
+        ("--by", ""): "--by: give an axis, e.g. --by device_name (a trials column or a workload parameter)",
+        ("--by", "config"): "--by config: the configuration is what is kept equal; give one of its parts, e.g. "
+                            "--by precision",
+        ("--by", "device_name", "--metric", "nope"): f"--metric nope: unknown; choose from {', '.join(METRIC_NAMES)}",
+        ("--by", "device_name", "--min-effect", "5"): "--min-effect 5.0: give a fraction from 0 up to 1, e.g. 0.05 for 5%",
+        ("--by", "device_name", "--baseline", "H100"): "--baseline H100: no ok trial has device_name = 'H100'; its "
+                                                       "values here: GPU-A, GPU-B",
+        ("--by", "precision"): "--by precision: the ok trials in --sweep latest (the default) have one value, 'fp32'; "
+                               "compare needs 2 or more (choose another axis, or run the grid with more, e.g. "
+                               "`gpus: each` for GPU models)",
+    }
+    for args, line in expected.items():
+        assert run("compare", *args, "--store", sweep.location) == (2, f"Error: {line}\n"), args
 
 
 def test_the_gate_catches_a_sweep_slowed_2x_and_passes_a_rerun(store, rows):
@@ -342,9 +362,9 @@ def test_no_ok_trial_and_a_bad_minimum_effect_say_so(store, rows):
     add(store, rows, "s1", "a", device_name="GPU-A", status="failed")
     add(store, rows, "s1", "b", device_name="GPU-B", status="failed")
     con = connect(store.location)
-    with pytest.raises(CompareError, match=r"no trial in --sweep latest \(the default\) ended ok \(GPU-A: 1 failed; GPU-B: 1 failed\)"):
+    with pytest.raises(CompareError, match=r"^by device_name: no trial in sweep latest \(the default\) ended ok \(GPU-A: 1 failed; GPU-B: 1 failed\)"):
         compare(con, by="device_name")
-    with pytest.raises(CompareError, match=r"--min-effect 5: give a fraction from 0 up to 1"):
+    with pytest.raises(CompareError, match=r"^min_effect 5: give a fraction from 0 up to 1"):
         compare(con, by="device_name", min_effect=5)
 
 
