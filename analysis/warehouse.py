@@ -1,10 +1,12 @@
 """An in-memory DuckDB over a store's Parquet files, with the views of queries/views.sql
 (staging) and queries/intermediate.sql (built on them).
 
-For each table of `stepscope.storage.schema` we build `raw_<table>`: the store's files
-UNION ALL BY NAME an empty relation of the current schema, so every column is
-there with its type even when no file has it yet (an older file, an empty
-store). The views then rename and cast from those.
+For each table of `stepscope.storage.schema` we build `raw_<table>`: every column of the
+schema, in its order, each cast to the DuckDB type of its Arrow type (`duckdb_type`), selected
+from the store's files UNION ALL BY NAME an empty relation of the schema. So every column is
+there with its type even when no file has it yet (an older file, an empty store: null there),
+and a file's extra columns are never seen. The views (queries/views.sql) select from those
+without naming a column: a column added to the schema shows in them as it is.
 
 Which files are read, and which trials' rows of a compacted file are left out, is
 decided once, at `connect`, by the rule every reader shares
@@ -157,6 +159,7 @@ def open_listed(store: Store, listings: Mapping[str, TableFiles], *, stored_summ
     empty and raw_steps_unsummarized is raw_steps): what `stepscope compact` stores."""
     root = store.local_root
     plan = read_plan(listings)
+    typed = {table: _typed_columns(table) for table in TABLES}  # a type with no DuckDB type raises here
     con = duckdb.connect(":memory:")
     con.execute("set TimeZone = 'UTC'")  # timestamps print the same on every machine
     _private_temp_directory(con)
@@ -175,7 +178,8 @@ def open_listed(store: Store, listings: Mapping[str, TableFiles], *, stored_summ
         for name, sources in relations.items():
             table = "steps" if name == "steps_unsummarized" else name
             parts = [f"select * from _empty_{table}", *_source_selects(con, store, name, table, sources)]
-            con.execute(f"create view raw_{name} as " + " union all by name ".join(parts))
+            con.execute(f"create view raw_{name} as select {typed[table]} from ("
+                        + " union all by name ".join(parts) + ")")
         if unsummarized_is_all:
             con.execute("create view raw_steps_unsummarized as select * from raw_steps")
     except duckdb.Error as exc:  # a file that changed between the listing and its read
@@ -192,6 +196,34 @@ def open_listed(store: Store, listings: Mapping[str, TableFiles], *, stored_summ
             f"are not read (their trials are summarised from their steps, which is slower): run stepscope compact "
             f"to refresh them"), stacklevel=3)
     return OpenStore(con, _contents(store, listings))
+
+
+#: The DuckDB type each Arrow type of the schema reads as. Narrow integers read as INTEGER (as
+#: `phase_index`, an int8, always has), so arithmetic on them never overflows.
+_DUCKDB_TYPES = {
+    pa.int8(): "integer", pa.int16(): "integer", pa.int32(): "integer", pa.int64(): "bigint",
+    pa.float64(): "double", pa.string(): "varchar", pa.bool_(): "boolean",
+    pa.list_(pa.float64()): "double[]",
+}
+
+
+def duckdb_type(table: str, field: pa.Field) -> str:
+    """The DuckDB type column `field` of `table` reads as in the views. A type with none here
+    raises TypeError naming the column: a new type is given its DuckDB type on purpose."""
+    arrow = field.type
+    if pa.types.is_timestamp(arrow) and arrow.tz is not None and arrow.unit != "ns":
+        return "timestamptz"  # an instant, kept to the microsecond (s, ms or us lose nothing)
+    try:
+        return _DUCKDB_TYPES[arrow]
+    except KeyError:
+        raise TypeError(f"{table}.{field.name}: no DuckDB type for Arrow type {arrow}; give it one in "
+                        f"stepscope.analysis.warehouse._DUCKDB_TYPES") from None
+
+
+def _typed_columns(table: str) -> str:
+    """Every column of `table`'s schema, in order, cast to its DuckDB type: raw_<table>'s select list."""
+    return ", ".join(f"cast({sql_identifier(f.name)} as {duckdb_type(table, f)}) as {sql_identifier(f.name)}"
+                     for f in TABLES[table])
 
 
 def _contents(store: Store, listings: Mapping[str, TableFiles]) -> StoreContents:
@@ -282,6 +314,11 @@ def sql_string(text: str) -> str:
     """`text` as an SQL string literal (quotes doubled): for the few values that cannot be a
     bound parameter (a view's file list, a setting, a JSON path in a generated expression)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """`name` as a quoted SQL identifier (quotes doubled): `"repeat"` is a keyword."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _dataset_files(con: duckdb.DuckDBPyConnection, store: Store, table: str, files: tuple[str, ...],

@@ -2,11 +2,12 @@
 -- share, each written once.
 --
 -- The layers are dbt's (jaffle_shop_duckdb: models/staging, then marts): views.sql
--- is the staging layer (rename and cast the stored tables); this file joins and
--- keys them; each named query aggregates these views to answer one question.
--- It is a file of its own, loaded by stepscope.analysis.warehouse right after
--- views.sql, so that views.sql stays rename-and-cast only and each file is one
--- layer, read top to bottom. Not a named query: `stepscope query --list` skips it.
+-- is the staging layer (the stored tables as the schema types them, committed
+-- rows only); this file joins and keys them; each named query aggregates these
+-- views to answer one question. It is a file of its own, loaded by
+-- stepscope.analysis.warehouse right after views.sql, so that views.sql stays
+-- staging only and each file is one layer, read top to bottom. Not a named
+-- query: `stepscope query --list` skips it.
 --
 -- No view here picks a sweep: a view cannot take the `$sweep` parameter, so each
 -- named query filters what it reads with in_sweep(sweep_id, $sweep), where

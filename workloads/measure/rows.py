@@ -2,7 +2,7 @@
 
 Columns and types are `stepscope.storage.schema`'s; the store refuses a row
 whose keys differ from them (`schema.check_rows`), and tests/storage/test_columns.py
-holds the records' fields, these rows and the views' casts to those columns, naming any
+holds the records' fields, these rows and the warehouse's views to those columns, naming any
 column that differs. A record's fields go in by name (`dataclasses.asdict`): a new column
 that a record fills is its schema field and the record's field, nothing here.
 """

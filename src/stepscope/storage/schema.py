@@ -1,9 +1,12 @@
 """The Parquet schema of a stepscope store: one module owns it.
 
 Table names, columns, types and the schema version live here and nowhere else.
-The writer (`stepscope.storage.store`) and the DuckDB views (`stepscope.analysis.warehouse` +
-`queries/views.sql`) both read it; tests/storage/test_columns.py fails, naming the column,
-where the typed records, the rows or the views' casts differ from it. Torch-free and Ray-free.
+The writer (`stepscope.storage.store`) and the DuckDB views (`stepscope.analysis.warehouse`
+types every column from its Arrow type here; `queries/views.sql` names none it passes through)
+both read it, so a new column is its field here plus its value (a field of the record that
+measures it, `stepscope.workloads.measure.records`). tests/storage/test_columns.py fails,
+naming the column, where the typed records, the rows or the views differ from it. Torch-free
+and Ray-free.
 
 Layout of a store (hive-style partitions by table and sweep)::
 
