@@ -52,7 +52,7 @@ from stepscope.storage.layout import (
     read_plan,
 )
 from stepscope.storage.schema import SUMMARY_VERSION, TABLES
-from stepscope.storage.store import Store, StoreError
+from stepscope.storage.store import STORE, Store, StoreError
 
 
 class EmptyStoreError(StoreError):
@@ -95,23 +95,24 @@ class StoreContents:
     def require_results(self, named: str | None = None, run_hint: str = "stepscope run SPEC") -> None:
         """Raise EmptyStoreError unless some sweep's files can be read.
 
-        `named`: how the user named the store, for the message (default `--store LOCATION`);
-        `run_hint`: the command that fills it (the CLI adds `--store` when one was given).
+        `named`: how the user named the store, for the message (default `store LOCATION`, the
+        CLI spelling the field `--store`); `run_hint`: the command that fills it (the CLI adds
+        `--store` when one was given).
         """
-        named = named or f"--store {self.location}"
-        elsewhere = "or point --store or STEPSCOPE_STORE at the store a sweep wrote to"
+        name = (named,) if named else (STORE, f" {self.location}")
+        elsewhere = ("or point ", STORE, " or STEPSCOPE_STORE at the store a sweep wrote to")
         state = self.state
         if state == MISSING and self.missing_bucket:
-            raise EmptyStoreError(f"{named}: no store there: bucket {self.missing_bucket!r} does not exist (or "
-                                  f"these credentials cannot see it); check its name, {elsewhere}")
+            raise EmptyStoreError(*name, f": no store there: bucket {self.missing_bucket!r} does not exist (or "
+                                  "these credentials cannot see it); check its name, ", *elsewhere)
         if state == MISSING:
-            raise EmptyStoreError(f"{named}: no store there (nothing was ever written to it); run a sweep "
-                                  f"first ({run_hint}), {elsewhere}")
+            raise EmptyStoreError(*name, ": no store there (nothing was ever written to it); run a sweep "
+                                  f"first ({run_hint}), ", *elsewhere)
         if state == EMPTY:
-            raise EmptyStoreError(f"{named}: no sweep has run in this store (it holds no results); run one "
-                                  f"({run_hint}), {elsewhere}")
+            raise EmptyStoreError(*name, ": no sweep has run in this store (it holds no results); run one "
+                                  f"({run_hint}), ", *elsewhere)
         if state == UNREADABLE:
-            raise EmptyStoreError(f"{named}: no sweep's files can be read ({self.skipped} file(s) skipped); "
+            raise EmptyStoreError(*name, f": no sweep's files can be read ({self.skipped} file(s) skipped); "
                                   f"see why with: {shlex.join(['stepscope', 'store', 'check', '--store', self.location])}")
 
 
@@ -146,7 +147,7 @@ def open_store(store: str | Store) -> OpenStore:
     root = store.local_root
     if root is not None and os.path.exists(root) and not os.path.isdir(root):
         raise StoreError(
-            f"--store {store.location}: is a file, not a directory; give a store directory or a URI"
+            STORE, f" {store.location}: is a file, not a directory; give a store directory or a URI"
         )
     listings = {table: store.table_files(table) for table in TABLES}
     return open_listed(store, listings)
@@ -183,7 +184,7 @@ def open_listed(store: Store, listings: Mapping[str, TableFiles], *, stored_summ
         if unsummarized_is_all:
             con.execute("create view raw_steps_unsummarized as select * from raw_steps")
     except duckdb.Error as exc:  # a file that changed between the listing and its read
-        raise StoreError(f"--store {store.location}: cannot read the store: {one_line(exc, with_type=False)}") from None
+        raise StoreError(STORE, f" {store.location}: cannot read the store: {one_line(exc, with_type=False)}") from None
     con.execute(views_sql())
     _read_only(con, root)
     skipped = [s for listing in listings.values() for s in listing.skipped]
@@ -245,7 +246,7 @@ def _exists(store: Store, path: str) -> bool:
     try:
         info = fs.get_file_info(path)
     except OSError as exc:  # an unreachable endpoint, access denied
-        raise StoreError(f"--store {store.location}: {one_line(exc, with_type=False)}") from None
+        raise StoreError(STORE, f" {store.location}: {one_line(exc, with_type=False)}") from None
     return info.type != pafs.FileType.NotFound
 
 

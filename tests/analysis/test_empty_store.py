@@ -221,7 +221,7 @@ def test_states_and_which_refuse(contents, state):
     if state == READY:
         contents.require_results()
     else:
-        with pytest.raises(EmptyStoreError, match=r"^--store x: "):
+        with pytest.raises(EmptyStoreError, match=r"^store x: "):
             contents.require_results()
 
 
