@@ -17,7 +17,7 @@ note in parentheses; the list goes on over `--   ` lines), which a test holds
 to what the query really returns.
 
 The views a query reads come from two files that are not queries themselves:
-views.sql (staging: the stored tables renamed and cast) and intermediate.sql
+views.sql (staging: committed rows of the stored tables, typed by the schema) and intermediate.sql
 (the joins and the configuration key the queries share), loaded in that order.
 A subfolder holds the SQL of one reader that is not a named query (`report/`, the
 report's own selections: `read_sql`); `stepscope query --list` lists the top level only.
