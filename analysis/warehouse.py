@@ -184,7 +184,7 @@ def open_listed(store: Store, listings: Mapping[str, TableFiles], *, stored_summ
         if unsummarized_is_all:
             con.execute("create view raw_steps_unsummarized as select * from raw_steps")
     except duckdb.Error as exc:  # a file that changed between the listing and its read
-        raise StoreError(STORE, f" {store.location}: cannot read the store: {one_line(exc, with_type=False)}") from None
+        raise store.error(f"cannot read the store: {one_line(exc, with_type=False)}") from None
     con.execute(views_sql())
     _read_only(con, root)
     skipped = [s for listing in listings.values() for s in listing.skipped]
@@ -246,7 +246,7 @@ def _exists(store: Store, path: str) -> bool:
     try:
         info = fs.get_file_info(path)
     except OSError as exc:  # an unreachable endpoint, access denied
-        raise StoreError(STORE, f" {store.location}: {one_line(exc, with_type=False)}") from None
+        raise store.error(one_line(exc, with_type=False)) from None
     return info.type != pafs.FileType.NotFound
 
 

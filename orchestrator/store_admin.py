@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from stepscope.errors import one_line
 from stepscope.storage.layout import Leftover, StoreReport
-from stepscope.storage.store import STORE, Store, StoreError
+from stepscope.storage.store import Store
 
 
 def probe_local(st: Store) -> None:
@@ -34,16 +34,16 @@ def probe_local(st: Store) -> None:
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if os.path.islink(parent) and not os.path.exists(parent):
-        raise StoreError(STORE, f" {st.location}: cannot write there: {parent} is a link to "
+        raise st.error(f"cannot write there: {parent} is a link to "
                          f"{os.readlink(parent)!r}, which does not exist")
     if not os.path.isdir(parent):
-        raise StoreError(STORE, f" {st.location}: cannot write there: {parent} is a file, not a folder")
+        raise st.error(f"cannot write there: {parent} is a file, not a folder")
     probe = os.path.join(parent, f".stepscope-probe-{uuid.uuid4().hex[:12]}")
     try:  # a real folder made and removed: permissions alone do not tell (/proc, a read-only mount)
         os.mkdir(probe)
         os.rmdir(probe)
     except OSError as exc:
-        raise StoreError(STORE, f" {st.location}: cannot write there: cannot make a folder in {parent}: "
+        raise st.error(f"cannot write there: cannot make a folder in {parent}: "
                          f"{exc.strerror or exc}") from None
 
 
@@ -58,16 +58,16 @@ def inspect(st: Store) -> StoreReport:
     try:
         info = fs.get_file_info(root)
     except OSError as exc:
-        raise StoreError(STORE, f" {st.location}: {one_line(exc, with_type=False)}") from None
+        raise st.error(one_line(exc, with_type=False)) from None
     if info.type == pafs.FileType.NotFound:
-        raise StoreError(STORE, f" {st.location}: no store there (nothing was ever written to it); "
+        raise st.error("no store there (nothing was ever written to it); "
                          "give the store a sweep wrote to")
     if info.type != pafs.FileType.Directory:
-        raise StoreError(STORE, f" {st.location}: is a file, not a directory; give a store directory or a URI")
+        raise st.error("is a file, not a directory; give a store directory or a URI")
     try:
         return inspect_store(fs, root)
     except TableUnreadable as exc:
-        raise StoreError(STORE, f" {st.location}: ", exc) from None
+        raise st.error(exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def clean(st: Store, older_than_s: float, *, dry_run: bool = False,
             except FileNotFoundError:
                 continue  # its writer finished or another clean removed it
             except OSError as exc:
-                raise StoreError(STORE, f" {st.location}: cannot remove {item.path}: {one_line(exc, with_type=False)}") from None
+                raise st.error(f"cannot remove {item.path}: {one_line(exc, with_type=False)}") from None
         if on_removed is not None:
             on_removed(item)
         removed += 1

@@ -83,6 +83,11 @@ class Store:
             root = os.path.abspath(os.path.expanduser(path))
         object.__setattr__(self, "local_root", root)
 
+    def error(self, *detail: str | StepscopeError) -> StoreError:
+        """A StoreError about this store: `store LOCATION: ` and then `detail` (parts, as
+        `StepscopeError` takes them)."""
+        return StoreError(STORE, f" {self.location}: ", *detail)
+
     def filesystem(self) -> tuple[pafs.FileSystem, str]:
         root = self.local_root
         if root is not None:
@@ -91,10 +96,10 @@ class Store:
             fs, path = pafs.FileSystem.from_uri(self.location)
             fs = _bounded(fs)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise StoreError(STORE, f" {self.location}: {one_line(exc, with_type=False)}") from None
+            raise self.error(one_line(exc, with_type=False)) from None
         path = path.rstrip("/")
         if not path:
-            raise StoreError(STORE, f" {self.location}: names no bucket or path; give e.g. s3://bucket/prefix")
+            raise self.error("names no bucket or path; give e.g. s3://bucket/prefix")
         return fs, path
 
     def partition_dir(self, table: str, sweep_id: str) -> str:
@@ -111,7 +116,7 @@ class Store:
             try:
                 _write_local_atomic(data, directory, final)
             except OSError as exc:  # a file where a folder should be, a full disk, a read-only mount
-                raise StoreError(STORE, f" {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+                raise self.error(f"cannot write {final}: {one_line(exc, with_type=False)}") from None
         else:
             # One object, one upload: S3 shows it only once the upload completes, so a
             # killed writer leaves at most an unfinished (invisible) multipart upload.
@@ -119,7 +124,7 @@ class Store:
                 fs.create_dir(directory, recursive=True)
                 pq.write_table(data, final, filesystem=fs)
             except OSError as exc:  # no such bucket, access denied, unreachable endpoint
-                raise StoreError(STORE, f" {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+                raise self.error(f"cannot write {final}: {one_line(exc, with_type=False)}") from None
         return final
 
     def write_trial(self, sweep_id: str, trial_id: str, trial_row: dict, step_rows: Sequence[dict],
@@ -200,7 +205,7 @@ class Store:
                 with fs.open_output_stream(final) as out:
                     out.write(buffer.getvalue())
         except OSError as exc:
-            raise StoreError(STORE, f" {self.location}: cannot write {final}: {one_line(exc, with_type=False)}") from None
+            raise self.error(f"cannot write {final}: {one_line(exc, with_type=False)}") from None
         return final, rows, frozenset(trial_ids)
 
     def delete_file(self, path: str) -> bool:
@@ -212,7 +217,7 @@ class Store:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StoreError(STORE, f" {self.location}: cannot delete {path}: {one_line(exc, with_type=False)}") from None
+            raise self.error(f"cannot delete {path}: {one_line(exc, with_type=False)}") from None
         return True
 
     def table_files(self, table: str, sweep_ids: Collection[str] | None = None) -> TableFiles:
@@ -224,7 +229,7 @@ class Store:
         try:
             return list_table(fs, root, table, sweep_ids)
         except TableUnreadable as exc:
-            raise StoreError(STORE, f" {self.location}: ", exc) from None
+            raise self.error(exc) from None
 
     def read_rows(self, table: str, columns: Sequence[str]) -> list[dict]:
         """`columns` of every committed-or-not row of `table`, with pyarrow alone (no
@@ -241,7 +246,7 @@ class Store:
         try:
             return _read_sources(fs, table, sources, list(columns)).to_pylist()
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(STORE, f" {self.location}: cannot read {table}: {one_line(exc, with_type=False)}") from None
+            raise self.error(f"cannot read {table}: {one_line(exc, with_type=False)}") from None
 
 
 def _read_sources(fs: pafs.FileSystem, table: str, sources: Sequence[Source], columns: list[str]) -> pa.Table:
@@ -306,7 +311,7 @@ def probe_write(store: Store, name: str) -> str:
         with fs.open_output_stream(path) as out:
             out.write(b"stepscope store probe\n")
     except OSError as exc:  # no such bucket, access denied, unreachable endpoint, read-only mount
-        raise StoreError(STORE, f" {store.location}: cannot write {path}: {one_line(exc, with_type=False)}") from None
+        raise store.error(f"cannot write {path}: {one_line(exc, with_type=False)}") from None
     try:
         fs.delete_file(path)
     except OSError:  # writing is what trials need; a probe left behind is hidden from readers
